@@ -1,0 +1,10 @@
+//! trustgate: a WebSocket gateway whose authentication is a chain of sandboxed WebAssembly
+//! plugins.
+//!
+//! - [`plugin`]: the plugin runtime (WIT bindings, sandbox, loader, chain). Knows nothing of
+//!   the gateway.
+//! - [`config`]: the TOML configuration with precise errors.
+
+pub mod config;
+pub mod plugin;
+pub mod time;

@@ -1,0 +1,233 @@
+//! A loaded plugin: its compiled component, prepared once, and a pool of configured
+//! instances. Each call takes an instance out of the pool, so concurrent authentications never
+//! wait on one another; an instance that failed in any way is dropped, never reused.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use wasmtime::Store;
+
+use super::bindings::{AuthPlugin, AuthPluginPre, Decision, Identity, Request};
+use super::chain::{AuthProvider, PluginFailure};
+use super::engine::EpochTicker;
+use super::sandbox::{Limits, StoreState, Tripped, on_epoch_deadline};
+use super::services::HostServices;
+
+struct Slot {
+    store: Store<StoreState>,
+    bindings: AuthPlugin,
+}
+
+/// Counters of one plugin's calls since load.
+#[derive(Debug, Default)]
+pub struct PluginStats {
+    /// Calls to `authenticate`.
+    pub calls: AtomicU64,
+    /// Calls that ended in a failure (trap, deadline, memory, ...).
+    pub failures: AtomicU64,
+    /// Instances created (the first at load, then one per failure or pool miss).
+    pub instances: AtomicU64,
+}
+
+/// A plugin ready to authenticate.
+pub struct WasmPlugin {
+    name: Arc<str>,
+    sha256: String,
+    config_json: String,
+    pre: AuthPluginPre<StoreState>,
+    services: Arc<dyn HostServices>,
+    limits: Limits,
+    idle: std::sync::Mutex<Vec<Slot>>,
+    max_idle: usize,
+    stats: PluginStats,
+    /// Deadlines only fire while the epoch ticks: a plugin keeps the ticker alive even if the
+    /// runtime that loaded it is gone.
+    _ticker: Arc<EpochTicker>,
+}
+
+impl std::fmt::Debug for WasmPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmPlugin")
+            .field("name", &self.name)
+            .field("sha256", &self.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why creating a configured instance failed.
+#[derive(Debug)]
+pub(crate) enum InstanceError {
+    /// The plugin's `configure` returned an error (shown verbatim).
+    Configure(String),
+    /// Instantiation or the `configure` call failed in the sandbox.
+    Failed(PluginFailure),
+}
+
+impl WasmPlugin {
+    #[allow(clippy::too_many_arguments)] // one private constructor, called from one place
+    pub(crate) fn new(
+        name: Arc<str>,
+        sha256: String,
+        config_json: String,
+        pre: AuthPluginPre<StoreState>,
+        services: Arc<dyn HostServices>,
+        limits: Limits,
+        max_idle: usize,
+        ticker: Arc<EpochTicker>,
+    ) -> Self {
+        Self {
+            name,
+            sha256,
+            config_json,
+            pre,
+            services,
+            limits,
+            idle: std::sync::Mutex::new(Vec::new()),
+            max_idle,
+            stats: PluginStats::default(),
+            _ticker: ticker,
+        }
+    }
+
+    /// The plugin's name in the chain.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// SHA-256 (hex) of the component bytes.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// Call counters.
+    pub fn stats(&self) -> &PluginStats {
+        &self.stats
+    }
+
+    /// The resource limits applied to each call.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Creates, configures and parks one instance, proving the plugin accepts its
+    /// configuration. Used once at load so configuration errors surface before serving.
+    pub(crate) async fn warm_up(&self) -> Result<(), InstanceError> {
+        let slot = self.new_slot().await?;
+        self.park(slot);
+        Ok(())
+    }
+
+    async fn new_slot(&self) -> Result<Slot, InstanceError> {
+        self.stats.instances.fetch_add(1, Ordering::Relaxed);
+        let mut store = Store::new(
+            self.pre.engine(),
+            StoreState::new(self.name.clone(), self.services.clone(), self.limits),
+        );
+        store.limiter(|s| s);
+        store.epoch_deadline_callback(on_epoch_deadline);
+        let ticks = store.data_mut().begin_call();
+        store.set_epoch_deadline(ticks);
+        let bindings = match self.pre.instantiate_async(&mut store).await {
+            Ok(b) => b,
+            Err(e) => return Err(InstanceError::Failed(classify(&store, "instantiate", e))),
+        };
+        let ticks = store.data_mut().begin_call();
+        store.set_epoch_deadline(ticks);
+        let configured = tokio::time::timeout(
+            self.limits.wall_clock_bound(),
+            bindings
+                .trustgate_auth_plugin()
+                .call_configure(&mut store, &self.config_json),
+        )
+        .await;
+        match configured {
+            Ok(Ok(Ok(()))) => Ok(Slot { store, bindings }),
+            Ok(Ok(Err(message))) => Err(InstanceError::Configure(message)),
+            Ok(Err(e)) => Err(InstanceError::Failed(classify(&store, "configure", e))),
+            Err(_) => Err(InstanceError::Failed(PluginFailure::Timeout)),
+        }
+    }
+
+    fn take(&self) -> Option<Slot> {
+        self.idle.lock().ok().and_then(|mut idle| idle.pop())
+    }
+
+    fn park(&self, slot: Slot) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.max_idle
+        {
+            idle.push(slot);
+        }
+    }
+
+    async fn call(
+        &self,
+        request: &Request,
+        so_far: Option<&Identity>,
+    ) -> Result<Decision, PluginFailure> {
+        let mut slot = match self.take() {
+            Some(slot) => slot,
+            None => self.new_slot().await.map_err(|e| match e {
+                InstanceError::Configure(m) => PluginFailure::Configure(m),
+                InstanceError::Failed(f) => f,
+            })?,
+        };
+        let ticks = slot.store.data_mut().begin_call();
+        slot.store.set_epoch_deadline(ticks);
+        let outcome = tokio::time::timeout(
+            self.limits.wall_clock_bound(),
+            slot.bindings.trustgate_auth_plugin().call_authenticate(
+                &mut slot.store,
+                request,
+                so_far,
+            ),
+        )
+        .await;
+        match outcome {
+            Ok(Ok(decision)) => {
+                self.park(slot);
+                Ok(decision)
+            }
+            // The instance is dropped here: its state after a trap is not to be trusted.
+            Ok(Err(e)) => Err(classify(&slot.store, "authenticate", e)),
+            Err(_) => Err(PluginFailure::Timeout),
+        }
+    }
+}
+
+fn classify(store: &Store<StoreState>, during: &str, error: wasmtime::Error) -> PluginFailure {
+    match store.data().tripped() {
+        Tripped::Deadline => PluginFailure::Deadline,
+        Tripped::Memory => PluginFailure::Memory,
+        Tripped::Nothing => {
+            let trap = error
+                .downcast_ref::<wasmtime::Trap>()
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| format!("{error:#}"));
+            tracing::debug!(plugin = store.data().plugin(), during, error = ?error, "plugin trapped");
+            PluginFailure::Trap(format!("{during}: {trap}"))
+        }
+    }
+}
+
+#[async_trait]
+impl AuthProvider for WasmPlugin {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn authenticate(
+        &self,
+        request: &Request,
+        so_far: Option<&Identity>,
+    ) -> Result<Decision, PluginFailure> {
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let result = self.call(request, so_far).await;
+        if let Err(failure) = &result {
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(plugin = &*self.name, cause = failure.cause(), error = %failure, "plugin failed; denying (fail closed)");
+        }
+        result
+    }
+}

@@ -1,0 +1,84 @@
+//! Test guest that misbehaves on purpose, bound directly with wit-bindgen (no SDK). Its
+//! configuration is a plain word: `loop`, `grow`, `trap`, `recurse`, `panic` or `ok`, optionally
+//! prefixed with `configure:` to misbehave during `configure` instead of `authenticate`.
+
+#![allow(unsafe_code)] // wit-bindgen's generated glue
+
+wit_bindgen::generate!({ path: "../../../wit", world: "auth-plugin" });
+
+use exports::trustgate::auth::plugin::Guest;
+use std::cell::RefCell;
+use trustgate::auth::types::{Decision, Identity, Request};
+
+thread_local! {
+    static MODE: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+fn misbehave(mode: &str) {
+    match mode {
+        "loop" => {
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        "grow" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        "trap" => trap(),
+        "recurse" => {
+            std::hint::black_box(recurse(std::hint::black_box(1)));
+        }
+        "panic" => panic!("hostile guest panics on purpose"),
+        _ => {}
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+fn trap() {
+    core::arch::wasm32::unreachable()
+}
+#[cfg(not(target_arch = "wasm32"))]
+fn trap() {
+    std::process::abort()
+}
+
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(n: u64) -> u64 {
+    let pad = std::hint::black_box([n; 16]);
+    recurse(n + 1).wrapping_add(pad[3])
+}
+
+struct Hostile;
+
+impl Guest for Hostile {
+    fn configure(config: String) -> Result<(), String> {
+        let mode: String = config.trim().trim_matches('"').to_string();
+        if let Some(m) = mode.strip_prefix("configure:") {
+            misbehave(m);
+        }
+        MODE.with(|s| *s.borrow_mut() = mode);
+        Ok(())
+    }
+
+    fn authenticate(_request: Request, _so_far: Option<Identity>) -> Decision {
+        MODE.with(|s| misbehave(&s.borrow()));
+        Decision::Allow(Identity {
+            subject: "hostile:ok".into(),
+            method: "test".into(),
+            groups: vec![],
+            attributes: vec![],
+            roles: vec!["worker".into()],
+            scopes: vec![],
+            expires_at_ms: None,
+            skip_pairing: false,
+        })
+    }
+}
+
+export!(Hostile);

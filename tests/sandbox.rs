@@ -1,0 +1,222 @@
+//! The sandbox fences: hostile guests are stopped within their limits, fail closed with a
+//! classified cause, and the host keeps serving normal authentications afterwards.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // helpers of tests: a failed setup is a failed test
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use trustgate::plugin::{
+    AuthProvider, Chain, Decision, LoadError, Outcome, PluginFailure, WasmPlugin,
+};
+use trustgate_tests::{guests, limits, request, runtime, spec};
+
+async fn hostile(rt: &trustgate::plugin::Runtime, mode: &str) -> WasmPlugin {
+    rt.load(&spec("hostile", guests::GUEST_HOSTILE, json!(mode)))
+        .await
+        .expect("hostile guest loads")
+}
+
+async fn assert_allows(plugin: &WasmPlugin) {
+    let d = plugin
+        .authenticate(&request("test", None), None)
+        .await
+        .expect("normal authentication after a failure");
+    match d {
+        Decision::Allow(id) => assert_eq!(id.subject, "hostile:ok"),
+        other => panic!("expected allow, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn infinite_loop_is_stopped_at_the_deadline() {
+    let deadline = Duration::from_millis(200);
+    let rt = runtime(limits(deadline.as_millis() as u64));
+    let looping = hostile(&rt, "loop").await;
+    let started = Instant::now();
+    let err = looping
+        .authenticate(&request("test", None), None)
+        .await
+        .unwrap_err();
+    let elapsed = started.elapsed();
+    assert_eq!(err, PluginFailure::Deadline);
+    assert!(elapsed >= deadline, "stopped early: {elapsed:?}");
+    assert!(
+        elapsed < deadline * 2,
+        "deadline overshot: {elapsed:?} for {deadline:?}"
+    );
+
+    let fine = hostile(&rt, "ok").await;
+    assert_allows(&fine).await;
+}
+
+#[tokio::test]
+async fn deadlines_still_fire_after_the_runtime_is_dropped() {
+    let looping = {
+        let rt = runtime(limits(50));
+        hostile(&rt, "loop").await
+    };
+    assert_eq!(
+        looping
+            .authenticate(&request("test", None), None)
+            .await
+            .unwrap_err(),
+        PluginFailure::Deadline
+    );
+}
+
+#[tokio::test]
+async fn unbounded_memory_growth_hits_the_cap() {
+    let rt = runtime(limits(5_000));
+    let grower = hostile(&rt, "grow").await;
+    let err = grower
+        .authenticate(&request("test", None), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err, PluginFailure::Memory);
+    assert_allows(&hostile(&rt, "ok").await).await;
+}
+
+#[tokio::test]
+async fn trap_panic_and_stack_overflow_fail_closed() {
+    let rt = runtime(limits(2_000));
+    for (mode, needle) in [
+        ("trap", "unreachable"),
+        ("panic", "unreachable"),
+        ("recurse", "call stack exhausted"),
+    ] {
+        let p = hostile(&rt, mode).await;
+        let err = p
+            .authenticate(&request("test", None), None)
+            .await
+            .unwrap_err();
+        match &err {
+            PluginFailure::Trap(msg) => assert!(
+                msg.contains(needle),
+                "{mode}: trap message `{msg}` lacks `{needle}`"
+            ),
+            other => panic!("{mode}: expected a trap, got {other:?}"),
+        }
+        assert_eq!(err.cause(), "trap");
+    }
+    assert_allows(&hostile(&rt, "ok").await).await;
+}
+
+#[tokio::test]
+async fn a_trapped_instance_never_serves_again() {
+    let rt = runtime(limits(2_000));
+    // `configure` succeeds for the "panic" mode; every authenticate panics. If a trapped
+    // instance were reused, its poisoned state would show up as a different error.
+    let p = hostile(&rt, "panic").await;
+    assert_eq!(p.stats().instances.load(Ordering::Relaxed), 1);
+    for round in 1..=3u64 {
+        assert!(matches!(
+            p.authenticate(&request("test", None), None).await,
+            Err(PluginFailure::Trap(_))
+        ));
+        // The warm instance served round 1; every later round needed a fresh one because
+        // the trapped instance was dropped, not parked.
+        assert_eq!(p.stats().instances.load(Ordering::Relaxed), round);
+    }
+    assert_eq!(p.stats().failures.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test]
+async fn a_failing_plugin_denies_the_chain_with_plugin_failed() {
+    let rt = runtime(limits(100));
+    let looping: Arc<dyn AuthProvider> = Arc::new(hostile(&rt, "loop").await);
+    let chain = Chain::new(vec![looping]);
+    let verdict = chain.evaluate(&request("test", None)).await;
+    match verdict.outcome {
+        Outcome::Failed { plugin, failure } => {
+            assert_eq!(plugin, "hostile");
+            assert_eq!(failure, PluginFailure::Deadline);
+        }
+        other => panic!("expected failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn misbehaving_configure_is_a_load_error_naming_the_plugin() {
+    let rt = runtime(limits(100));
+    for (mode, cause) in [
+        ("configure:loop", "exceeded its CPU deadline"),
+        ("configure:grow", "exceeded its memory cap"),
+        ("configure:trap", "trapped: configure"),
+    ] {
+        let err = rt
+            .load(&spec("hostile", guests::GUEST_HOSTILE, json!(mode)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LoadError::Failed { .. }), "{mode}: {err}");
+        let msg = err.to_string();
+        assert!(msg.starts_with("plugin `hostile` ("), "{msg}");
+        assert!(msg.contains(cause), "{mode}: {msg}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_calls_do_not_serialize_on_one_instance() {
+    // One looping plugin and one fine plugin share the runtime, on a single-threaded executor:
+    // 16 fine calls complete while the looping call is still burning its deadline, because a
+    // long-running guest yields its thread between slices.
+    let rt = runtime(limits(400));
+    let looping = Arc::new(hostile(&rt, "loop").await);
+    let fine = Arc::new(hostile(&rt, "ok").await);
+    let slow = tokio::spawn({
+        let looping = looping.clone();
+        async move {
+            looping
+                .authenticate(&request("test", None), None)
+                .await
+                .unwrap_err()
+        }
+    });
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let fine = fine.clone();
+        tasks.push(tokio::spawn(async move {
+            fine.authenticate(&request("test", None), None).await
+        }));
+    }
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), Ok(Decision::Allow(_))));
+    }
+    assert!(
+        !slow.is_finished(),
+        "the looping call finished before the fast ones: they were serialized behind it"
+    );
+    assert_eq!(slow.await.unwrap(), PluginFailure::Deadline);
+    // and concurrent fine calls used several instances
+    assert!(fine.stats().instances.load(Ordering::Relaxed) >= 1);
+}
+
+#[tokio::test]
+async fn host_token_review_without_kubernetes_is_a_clear_not_configured() {
+    let rt = runtime(limits(1_000));
+    let p = rt
+        .load(&spec(
+            "scripted",
+            guests::GUEST_SCRIPTED,
+            json!({"decision": "review"}),
+        ))
+        .await
+        .unwrap();
+    match p
+        .authenticate(&request("k8s-sa-trust", Some("tok")), None)
+        .await
+        .unwrap()
+    {
+        Decision::Deny(d) => {
+            assert_eq!(d.reason, "not-configured");
+            assert!(
+                d.message.contains("no Kubernetes client configured"),
+                "{}",
+                d.message
+            );
+        }
+        other => panic!("expected deny, got {other:?}"),
+    }
+}

@@ -1,0 +1,73 @@
+//! Shared helpers of trustgate's end-to-end tests: paths of the test guests built from
+//! `tests/guests/` and small constructors for requests and runtimes.
+
+#![allow(clippy::expect_used)] // test setup failing is a test failure
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use trustgate::plugin::{
+    Credentials, Limits, NoKubernetes, Peer, PluginSource, PluginSpec, Request, Runtime,
+    RuntimeOptions,
+};
+
+/// Paths of the compiled test guests.
+pub mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
+
+/// A worker request with the given auth method and token.
+pub fn request(method: &str, token: Option<&str>) -> Request {
+    Request {
+        credentials: Credentials {
+            method: method.into(),
+            token: token.map(str::to_string),
+            device_token: None,
+        },
+        device: None,
+        peer: Peer {
+            remote_addr: "10.1.2.3:40000".into(),
+            tls: false,
+            client_id: "test-client".into(),
+            client_version: "1.0.0".into(),
+            platform: None,
+            conn_id: "conn-test".into(),
+        },
+        role: "worker".into(),
+        scopes: vec![],
+    }
+}
+
+/// Limits for tests: the given deadline, a 32 MiB memory cap.
+pub fn limits(deadline_ms: u64) -> Limits {
+    Limits {
+        deadline: Duration::from_millis(deadline_ms),
+        memory_bytes: 32 << 20,
+        host_call_timeout: Duration::from_secs(2),
+    }
+}
+
+/// A runtime with no Kubernetes and no compile cache.
+pub fn runtime(limits: Limits) -> Runtime {
+    Runtime::new(
+        RuntimeOptions {
+            limits,
+            cache_dir: None,
+            max_idle_instances: 4,
+        },
+        Arc::new(NoKubernetes),
+    )
+    .expect("runtime")
+}
+
+/// A spec loading a file-based plugin with a JSON configuration.
+pub fn spec(name: &str, path: &str, config: serde_json::Value) -> PluginSpec {
+    PluginSpec {
+        name: name.into(),
+        source: PluginSource::File {
+            path: path.into(),
+            sha256: None,
+        },
+        config,
+    }
+}

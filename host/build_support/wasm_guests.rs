@@ -11,8 +11,28 @@ use std::process::Command;
 
 pub const TARGET: &str = "wasm32-wasip2";
 
+/// Makes sure the rustup toolchain building us has the guest target, so a plain `cargo build`
+/// works on a fresh machine. Without rustup (a distro toolchain) the build below reports it.
+fn ensure_target() {
+    let Ok(out) = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+    else {
+        return;
+    };
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == TARGET)
+    {
+        return;
+    }
+    println!("cargo:warning=installing the {TARGET} target with rustup (needed to build the plugins)");
+    let _ = Command::new("rustup").args(["target", "add", TARGET]).status();
+}
+
 /// Builds `packages` in release mode and returns `(package, path to .wasm)` pairs.
 pub fn build(workspace_root: &Path, packages: &[&str]) -> Vec<(String, PathBuf)> {
+    ensure_target();
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root.join("target"))

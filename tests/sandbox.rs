@@ -14,9 +14,13 @@ use trustgate::plugin::{
 use trustgate_tests::{guests, limits, request, runtime, spec};
 
 async fn hostile(rt: &trustgate::plugin::Runtime, mode: &str) -> WasmPlugin {
-    rt.load(&spec("hostile", guests::GUEST_HOSTILE, json!(mode)))
-        .await
-        .expect("hostile guest loads")
+    rt.load(&spec(
+        "hostile",
+        guests::GUEST_HOSTILE,
+        json!({"mode": mode}),
+    ))
+    .await
+    .expect("hostile guest loads")
 }
 
 async fn assert_allows(plugin: &WasmPlugin) {
@@ -147,7 +151,11 @@ async fn misbehaving_configure_is_a_load_error_naming_the_plugin() {
         ("configure:trap", "trapped: configure"),
     ] {
         let err = rt
-            .load(&spec("hostile", guests::GUEST_HOSTILE, json!(mode)))
+            .load(&spec(
+                "hostile",
+                guests::GUEST_HOSTILE,
+                json!({"mode": mode}),
+            ))
             .await
             .unwrap_err();
         assert!(matches!(err, LoadError::Failed { .. }), "{mode}: {err}");

@@ -26,8 +26,12 @@ fn ensure_target() {
     {
         return;
     }
-    println!("cargo:warning=installing the {TARGET} target with rustup (needed to build the plugins)");
-    let _ = Command::new("rustup").args(["target", "add", TARGET]).status();
+    println!(
+        "cargo:warning=installing the {TARGET} target with rustup (needed to build the plugins)"
+    );
+    let _ = Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .status();
 }
 
 /// Builds `packages` in release mode and returns `(package, path to .wasm)` pairs.

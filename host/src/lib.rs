@@ -6,5 +6,10 @@
 //! - [`config`]: the TOML configuration with precise errors.
 
 pub mod config;
+pub mod fsutil;
+pub mod gateway;
 pub mod plugin;
+pub mod protocol;
 pub mod time;
+pub mod tls;
+pub mod worker;

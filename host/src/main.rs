@@ -16,12 +16,32 @@ use trustgate::plugin::{NoKubernetes, Runtime, RuntimeOptions, read_file};
     about = "WebSocket gateway with WebAssembly auth plugins"
 )]
 struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway (on the embedded default configuration without --config).
+    Serve {
+        /// The configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run a worker that connects to a gateway and serves invocations.
+    Worker(WorkerArgs),
+    /// Manage device pairing through the gateway's admin API.
+    #[command(subcommand)]
+    Devices(DevicesCommand),
     /// Work with plugin components.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -47,6 +67,64 @@ enum PluginCommand {
     },
 }
 
+#[derive(clap::Args)]
+struct WorkerArgs {
+    /// The gateway's WebSocket URL, e.g. ws://127.0.0.1:7400 or wss://gateway.example:443.
+    #[arg(long)]
+    gateway: String,
+    /// Authenticate with the pod's projected ServiceAccount token.
+    #[arg(long)]
+    k8s_trust: bool,
+    /// The projected token file (re-read on every connect and reauth).
+    #[arg(long, default_value = trustgate::worker::DEFAULT_TOKEN_PATH)]
+    token_path: PathBuf,
+    /// A device key file (created if missing) for device pairing.
+    #[arg(long)]
+    device_key: Option<PathBuf>,
+    /// A CA certificate (PEM) to trust for wss://.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// The client id to present.
+    #[arg(long, default_value = "trustgate-worker")]
+    client_id: String,
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The gateway configuration, to find the admin address and token file.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// The admin API base URL (overrides the configuration).
+    #[arg(long, global = true)]
+    admin: Option<String>,
+    /// The admin token file (overrides the configuration; or set TRUSTGATE_ADMIN_TOKEN).
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum DevicesCommand {
+    /// List pending pairing requests and approved devices.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Approve a pending pairing request.
+    Approve {
+        /// The request id (from `devices list` or the client's NOT_PAIRED error).
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Reject a pending pairing request.
+    Reject {
+        /// The request id.
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate a configuration and load its whole auth chain (the embedded default without FILE).
@@ -59,14 +137,20 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TRUSTGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
     let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Serve { .. } | Command::Worker(_) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRUSTGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -85,6 +169,9 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Serve { config } => serve(config).await,
+        Command::Worker(args) => worker(args).await,
+        Command::Devices(cmd) => devices(cmd).await,
         Command::Plugin(PluginCommand::Inspect { file }) => inspect(file),
         Command::Plugin(PluginCommand::Check { file, config }) => check_plugin(file, config).await,
         Command::Config(ConfigCommand::Check { file }) => check_config(file).await,
@@ -92,6 +179,154 @@ async fn run(cli: Cli) -> Result<()> {
             print!("{DEFAULT_CONFIG}");
             Ok(())
         }
+    }
+}
+
+fn load_config(file: Option<&PathBuf>) -> Result<Config> {
+    Ok(match file {
+        Some(path) => Config::from_file(path)?,
+        None => Config::embedded_default()?,
+    })
+}
+
+async fn serve(config: Option<PathBuf>) -> Result<()> {
+    let config = load_config(config.as_ref())?;
+    let running = trustgate::gateway::start_without_kubernetes(&config).await?;
+    let scheme = if running.tls { "wss" } else { "ws" };
+    eprintln!(
+        "trustgate {} serving {scheme}://{} (admin http://{}) with {} ({} plugins)",
+        env!("CARGO_PKG_VERSION"),
+        running.ws_addr,
+        running.admin_addr,
+        config.origin(),
+        running.state.plugins().len(),
+    );
+    shutdown_signal().await;
+    eprintln!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn worker(args: WorkerArgs) -> Result<()> {
+    let mut options = trustgate::worker::WorkerOptions::new(args.gateway);
+    options.k8s_trust = args.k8s_trust;
+    options.token_path = args.token_path;
+    options.device_key = args.device_key;
+    options.ca_file = args.ca;
+    options.client_id = args.client_id;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    trustgate::worker::run(options, stop, None).await?;
+    Ok(())
+}
+
+async fn devices(cmd: DevicesCommand) -> Result<()> {
+    let (admin, call) = match &cmd {
+        DevicesCommand::List { admin } => (admin, None),
+        DevicesCommand::Approve { id, admin } => (admin, Some(("approve", id))),
+        DevicesCommand::Reject { id, admin } => (admin, Some(("reject", id))),
+    };
+    let config = load_config(admin.config.as_ref())?;
+    let base = admin
+        .admin
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", config.admin.listen));
+    let token = match std::env::var("TRUSTGATE_ADMIN_TOKEN") {
+        Ok(t) if admin.token_file.is_none() => t,
+        _ => {
+            let path = admin
+                .token_file
+                .clone()
+                .unwrap_or_else(|| config.admin_token_file());
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read the admin token file {}", path.display()))?
+                .trim()
+                .to_string()
+        }
+    };
+    let client = reqwest::Client::new();
+    let request = match call {
+        None => client.get(format!("{base}/api/pairing")),
+        Some((verb, id)) => client.post(format!("{base}/api/pairing/{id}/{verb}")),
+    };
+    let response = request
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the admin API at {base}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .with_context(|| format!("the admin API at {base} answered {status} without JSON"))?;
+    if !status.is_success() {
+        let message = body
+            .get("error")
+            .and_then(|e| e.as_str())
+            .unwrap_or("unknown error");
+        bail!("admin API: {status}: {message}");
+    }
+    match call {
+        Some(("approve", id)) => println!("approved {id}"),
+        Some((_, id)) => println!("rejected {id}"),
+        None => print_devices(&body),
+    }
+    Ok(())
+}
+
+fn print_devices(body: &serde_json::Value) {
+    let empty = Vec::new();
+    let pending = body
+        .get("pending")
+        .and_then(|p| p.as_array())
+        .unwrap_or(&empty);
+    println!("pending requests: {}", pending.len());
+    for p in pending {
+        println!(
+            "  {}  device {}  role {}  client {}  from {}",
+            p["requestId"].as_str().unwrap_or("?"),
+            p["deviceId"].as_str().unwrap_or("?"),
+            p["role"].as_str().unwrap_or("?"),
+            p["clientId"].as_str().unwrap_or("?"),
+            p["remoteAddr"].as_str().unwrap_or("?"),
+        );
+    }
+    let devices = body
+        .get("devices")
+        .and_then(|p| p.as_array())
+        .unwrap_or(&empty);
+    println!("approved devices: {}", devices.len());
+    for d in devices {
+        println!(
+            "  {}  role {}  client {}",
+            d["id"].as_str().unwrap_or("?"),
+            d["role"].as_str().unwrap_or("?"),
+            d["clientId"].as_str().unwrap_or("?"),
+        );
     }
 }
 
@@ -153,10 +388,7 @@ async fn check_plugin(file: PathBuf, config: Option<PathBuf>) -> Result<()> {
 }
 
 async fn check_config(file: Option<PathBuf>) -> Result<()> {
-    let config = match &file {
-        Some(path) => Config::from_file(path)?,
-        None => Config::embedded_default()?,
-    };
+    let config = load_config(file.as_ref())?;
     let runtime = plugin_runtime(config.runtime_options())?;
     let (_, plugins) = config.load_chain(&runtime).await?;
     let origin = file.map_or("<embedded default>".to_string(), |p| {

@@ -71,3 +71,58 @@ pub fn spec(name: &str, path: &str, config: serde_json::Value) -> PluginSpec {
         config,
     }
 }
+
+pub mod client;
+
+/// A gateway running in this test process on ephemeral loopback ports, with its state in a
+/// temporary directory.
+pub struct TestGateway {
+    /// The running gateway.
+    pub running: trustgate::gateway::Running,
+    /// Its state directory (pairing store, admin token).
+    pub dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    /// `ws://` URL of the gateway.
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.running.ws_addr)
+    }
+
+    /// `http://` base URL of the admin API.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.running.admin_addr)
+    }
+
+    /// The admin bearer token.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("admin-token"))
+            .expect("admin token")
+            .trim()
+            .to_string()
+    }
+}
+
+/// The TOML of one `[[auth.plugins]]` entry running the scripted test guest with an inline
+/// config table, e.g. `scripted("k8s", r#"decision = "allow", roles = ["worker"]"#)`.
+pub fn scripted(name: &str, config: &str) -> String {
+    format!(
+        "[[auth.plugins]]\nname = \"{name}\"\npath = {:?}\nconfig = {{ {config} }}\n",
+        guests::GUEST_SCRIPTED
+    )
+}
+
+/// Starts a gateway with `sections` (extra TOML such as `[limits]`) and the given chain TOML.
+pub async fn gateway(sections: &str, chain: &str) -> TestGateway {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{sections}\n\n{chain}",
+        dir.path().display().to_string()
+    );
+    let config = trustgate::config::Config::parse(&text, "test.toml", dir.path())
+        .unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+    let running = trustgate::gateway::start_without_kubernetes(&config)
+        .await
+        .unwrap_or_else(|e| panic!("gateway start: {e}"));
+    TestGateway { running, dir }
+}

@@ -3,6 +3,7 @@
 
 mod error;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,18 @@ pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The WebSocket listener.
+    #[serde(default)]
+    pub gateway: GatewaySection,
+    /// The admin HTTP listener.
+    #[serde(default)]
+    pub admin: AdminSection,
+    /// Protocol limits.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// Device pairing.
+    #[serde(default)]
+    pub pairing: PairingSection,
     /// Sandbox limits and the compile cache.
     #[serde(default)]
     pub plugins: PluginsSection,
@@ -34,6 +47,105 @@ pub struct Config {
     origin: String,
     #[serde(skip)]
     text: String,
+}
+
+/// `[gateway]`: the WebSocket listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    /// Address of the WebSocket listener.
+    pub listen: SocketAddr,
+    /// Directory for the pairing store and admin token; relative to the config file.
+    pub state_dir: PathBuf,
+    /// TLS for the WebSocket listener (plain WebSocket without it).
+    pub tls: Option<TlsSection>,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            state_dir: PathBuf::from("trustgate-state"),
+            tls: None,
+        }
+    }
+}
+
+/// `[gateway.tls]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+}
+
+/// `[admin]`: health probes and the pairing API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Address of the admin HTTP listener.
+    pub listen: SocketAddr,
+    /// File holding the admin API bearer token; created with a random token if missing.
+    /// Defaults to `admin-token` in the state directory.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
+            token_file: None,
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Largest WebSocket message accepted, in bytes.
+    pub max_payload: usize,
+    /// How long a client has to send `connect`.
+    pub handshake_timeout_ms: u64,
+    /// Concurrent connections beyond which `connect` is answered `RATE_LIMITED`.
+    pub max_connections: usize,
+    /// Interval of `tick` events.
+    pub tick_interval_ms: u64,
+    /// How long an operator's `worker.invoke` waits for the worker's result.
+    pub invoke_timeout_ms: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_payload: 1 << 20,
+            handshake_timeout_ms: 10_000,
+            max_connections: 10_000,
+            tick_interval_ms: 15_000,
+            invoke_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// `[pairing]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PairingSection {
+    /// The store of approved devices; defaults to `pairing.json` in the state directory.
+    pub store: Option<PathBuf>,
+    /// How long a pending pairing request waits for an operator.
+    pub pending_ttl_ms: u64,
+}
+
+impl Default for PairingSection {
+    fn default() -> Self {
+        Self {
+            store: None,
+            pending_ttl_ms: 5 * 60 * 1000,
+        }
+    }
 }
 
 /// `[plugins]`: how plugins are run.
@@ -120,6 +232,28 @@ impl Config {
 
     fn validate(&self, origin: &str, text: &str) -> Result<(), ConfigError> {
         let err = |key: String, message: String| ConfigError::at_key(origin, text, &key, message);
+        let l = &self.limits;
+        for (key, value, min) in [
+            ("limits.max_payload", l.max_payload as u64, 1024),
+            ("limits.handshake_timeout_ms", l.handshake_timeout_ms, 1),
+            ("limits.max_connections", l.max_connections as u64, 1),
+            ("limits.tick_interval_ms", l.tick_interval_ms, 10),
+            ("limits.invoke_timeout_ms", l.invoke_timeout_ms, 1),
+            ("pairing.pending_ttl_ms", self.pairing.pending_ttl_ms, 1),
+        ] {
+            if value < min {
+                return Err(err(
+                    key.into(),
+                    format!("must be at least {min}, got {value}"),
+                ));
+            }
+        }
+        if self.gateway.listen == self.admin.listen && self.gateway.listen.port() != 0 {
+            return Err(err(
+                "admin.listen".into(),
+                format!("must differ from gateway.listen ({})", self.gateway.listen),
+            ));
+        }
         let p = &self.plugins;
         if p.deadline_ms == 0 || p.deadline_ms > 60_000 {
             return Err(err(
@@ -292,6 +426,40 @@ impl Config {
             _ => format!("{entry}.path"),
         };
         ConfigError::at_key(&self.origin, &self.text, &key, e.to_string())
+    }
+
+    /// The state directory, resolved.
+    pub fn state_dir(&self) -> PathBuf {
+        self.resolve(&self.gateway.state_dir)
+    }
+
+    /// The pairing store file, resolved.
+    pub fn pairing_store(&self) -> PathBuf {
+        match &self.pairing.store {
+            Some(p) => self.resolve(p),
+            None => self.state_dir().join("pairing.json"),
+        }
+    }
+
+    /// The admin token file, resolved.
+    pub fn admin_token_file(&self) -> PathBuf {
+        match &self.admin.token_file {
+            Some(p) => self.resolve(p),
+            None => self.state_dir().join("admin-token"),
+        }
+    }
+
+    /// TLS certificate and key files, resolved.
+    pub fn tls_files(&self) -> Option<(PathBuf, PathBuf)> {
+        self.gateway
+            .tls
+            .as_ref()
+            .map(|t| (self.resolve(&t.cert_file), self.resolve(&t.key_file)))
+    }
+
+    /// Where this configuration came from (a path or `<embedded default>`).
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// Runtime settings derived from `[plugins]`.

@@ -7,10 +7,11 @@
 //! miss and the entry is rewritten.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+
+use crate::fsutil::write_atomic;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
@@ -100,17 +101,4 @@ impl CompileCache {
             tracing::warn!(dir = %self.dir.display(), error = %e, "could not write the compiled plugin cache");
         }
     }
-}
-
-/// Writes a file so that readers see either the old content or the complete new one.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }

@@ -148,7 +148,13 @@ impl Chain {
 
     /// Runs the chain on one request.
     pub async fn evaluate(&self, request: &Request) -> Verdict {
-        let mut identity: Option<Identity> = None;
+        self.evaluate_with(request, None).await
+    }
+
+    /// Runs the chain starting from an identity the host established itself (e.g. a paired
+    /// device): plugins see it as `so-far` and can veto or narrow it, as for a plugin's allow.
+    pub async fn evaluate_with(&self, request: &Request, initial: Option<Identity>) -> Verdict {
+        let mut identity = initial;
         let mut steps = Vec::with_capacity(self.providers.len());
         for provider in &self.providers {
             let started = Instant::now();

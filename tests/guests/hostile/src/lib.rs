@@ -1,6 +1,7 @@
 //! Test guest that misbehaves on purpose, bound directly with wit-bindgen (no SDK). Its
-//! configuration is a plain word: `loop`, `grow`, `trap`, `recurse`, `panic` or `ok`, optionally
-//! prefixed with `configure:` to misbehave during `configure` instead of `authenticate`.
+//! configuration is `{"mode": M}` with M one of `loop`, `grow`, `trap`, `recurse`, `panic` or
+//! `ok`, optionally prefixed with `configure:` to misbehave during `configure` instead of
+//! `authenticate`.
 
 #![allow(unsafe_code)] // wit-bindgen's generated glue
 
@@ -58,7 +59,13 @@ struct Hostile;
 
 impl Guest for Hostile {
     fn configure(config: String) -> Result<(), String> {
-        let mode: String = config.trim().trim_matches('"').to_string();
+        let value: serde_json::Value =
+            serde_json::from_str(&config).map_err(|e| format!("config: {e}"))?;
+        let mode = value
+            .get("mode")
+            .and_then(|m| m.as_str())
+            .ok_or("config: `mode` is required")?
+            .to_string();
         if let Some(m) = mode.strip_prefix("configure:") {
             misbehave(m);
         }

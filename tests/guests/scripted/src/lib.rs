@@ -25,6 +25,26 @@ struct Config {
     reason: String,
     /// If set, `configure` fails with this message.
     reject: Option<String>,
+    /// Only decide for this auth method; abstain for others.
+    method: Option<String>,
+    /// Only allow when the presented token equals this; deny `unauthenticated` otherwise.
+    token: Option<String>,
+    /// Identity expiry relative to now (overrides `expires_at_ms`).
+    expires_in_ms: Option<u64>,
+    /// Code of the denial when `token` does not match (`unauthenticated` by default).
+    mismatch_code: Option<String>,
+    /// Use `token:<presented token>` as the subject.
+    #[serde(default)]
+    subject_from_token: bool,
+    /// The code of a `deny` decision.
+    #[serde(default = "default_code")]
+    code: String,
+    /// For `deny`: a retry hint.
+    retry_after_ms: Option<u32>,
+}
+
+fn default_code() -> String {
+    "forbidden".into()
 }
 
 fn default_subject() -> String {
@@ -57,22 +77,52 @@ impl Plugin for Scripted {
             LogLevel::Debug,
             &format!("scripted plugin deciding for {}", request.peer.conn_id),
         );
+        if let Some(m) = &c.method
+            && *m != request.credentials.method
+        {
+            return Decision::Abstain;
+        }
+        if let Some(t) = &c.token
+            && request.credentials.token.as_ref() != Some(t)
+        {
+            let code = match c.mismatch_code.as_deref() {
+                Some("unavailable") => DenyCode::Unavailable,
+                _ => DenyCode::Unauthenticated,
+            };
+            return trustgate_plugin_sdk::deny(code, "token-rejected", "wrong token");
+        }
+        let expires_at_ms = match c.expires_in_ms {
+            Some(ms) => Some(trustgate_plugin_sdk::now_ms() + ms),
+            None => c.expires_at_ms,
+        };
         match c.decision.as_str() {
             "allow" => Decision::Allow(Identity {
-                subject: c.subject.clone(),
+                subject: if c.subject_from_token {
+                    format!(
+                        "token:{}",
+                        request.credentials.token.clone().unwrap_or_default()
+                    )
+                } else {
+                    c.subject.clone()
+                },
                 method: request.credentials.method.clone(),
                 groups: c.groups.clone(),
                 attributes: vec![("client-id".into(), request.peer.client_id.clone())],
                 roles: c.roles.clone(),
                 scopes: c.scopes.clone(),
-                expires_at_ms: c.expires_at_ms,
+                expires_at_ms,
                 skip_pairing: c.skip_pairing,
             }),
             "deny" => Decision::Deny(Denial {
-                code: DenyCode::Forbidden,
+                code: match c.code.as_str() {
+                    "unauthenticated" => DenyCode::Unauthenticated,
+                    "unavailable" => DenyCode::Unavailable,
+                    "rate-limited" => DenyCode::RateLimited,
+                    _ => DenyCode::Forbidden,
+                },
                 reason: c.reason.clone(),
                 message: "scripted denial".into(),
-                retry_after_ms: None,
+                retry_after_ms: c.retry_after_ms,
             }),
             "review" => {
                 let token = request.credentials.token.clone().unwrap_or_default();

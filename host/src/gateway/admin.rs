@@ -1,0 +1,137 @@
+//! The admin HTTP listener: health probes (open) and the pairing API (bearer token).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::GatewayState;
+use super::pairing::PairingError;
+
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: Arc<GatewayState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/api/pairing", get(list_pairing))
+        .route("/api/pairing/{id}/approve", post(approve))
+        .route("/api/pairing/{id}/reject", post(reject))
+        .route("/api/sessions", get(list_sessions))
+        .with_state(state);
+    let shutdown = async move {
+        let _ = stop.changed().await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "admin listener failed");
+    }
+}
+
+async fn ready(State(state): State<Arc<GatewayState>>) -> Response {
+    let plugins = state.plugins().len();
+    if plugins == 0 {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no auth chain loaded\n").into_response();
+    }
+    axum::Json(json!({"ready": true, "plugins": plugins, "sessions": state.sessions.len()}))
+        .into_response()
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({"error": message.into()}))).into_response()
+}
+
+/// Compares digests so the comparison time does not depend on where the tokens differ.
+fn authorized(state: &GatewayState, headers: &HeaderMap) -> Result<(), Response> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "missing `Authorization: Bearer <admin token>`",
+        ));
+    };
+    if Sha256::digest(presented.as_bytes()) != Sha256::digest(state.admin_token.as_bytes()) {
+        return Err(error(StatusCode::FORBIDDEN, "wrong admin token"));
+    }
+    Ok(())
+}
+
+fn pairing_failure(e: &PairingError) -> Response {
+    match e {
+        PairingError::UnknownRequest(_) => error(StatusCode::NOT_FOUND, e.to_string()),
+        _ => {
+            tracing::error!(error = %e, "pairing store failure");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the pairing store is unavailable",
+            )
+        }
+    }
+}
+
+async fn list_pairing(State(state): State<Arc<GatewayState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&state, &headers) {
+        return r;
+    }
+    axum::Json(json!({
+        "pending": state.pairing.pending(),
+        "devices": state.pairing.devices(),
+    }))
+    .into_response()
+}
+
+async fn approve(
+    State(state): State<Arc<GatewayState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = authorized(&state, &headers) {
+        return r;
+    }
+    match state.pairing.approve(&id) {
+        Ok(device) => {
+            tracing::info!(request = %id, device = %device.id, role = device.role.as_str(), "pairing approved");
+            axum::Json(json!({"approved": true, "device": device})).into_response()
+        }
+        Err(e) => pairing_failure(&e),
+    }
+}
+
+async fn reject(
+    State(state): State<Arc<GatewayState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = authorized(&state, &headers) {
+        return r;
+    }
+    match state.pairing.reject(&id) {
+        Ok(request) => {
+            tracing::info!(request = %id, device = %request.device_id, "pairing rejected");
+            axum::Json(json!({"rejected": true, "request": request})).into_response()
+        }
+        Err(e) => pairing_failure(&e),
+    }
+}
+
+async fn list_sessions(State(state): State<Arc<GatewayState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&state, &headers) {
+        return r;
+    }
+    axum::Json(json!({"sessions": state.sessions.list()})).into_response()
+}

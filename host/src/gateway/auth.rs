@@ -1,0 +1,299 @@
+//! Deciding who a peer is: device proof, device token, the plugin chain, role and scope checks,
+//! and the pairing fallback. Used by `connect` and by `reauth`.
+
+use std::net::SocketAddr;
+
+use serde_json::json;
+
+use super::GatewayState;
+use super::pairing::DeviceRecord;
+use crate::plugin::{Credentials, DenyCode, Device, Identity, Outcome, Peer, Request};
+use crate::protocol::{AuthParams, ClientInfo, ErrorBody, ErrorCode, Pairing, Role};
+
+use crate::protocol::DEVICE_TOKEN_METHOD as DEVICE_METHOD;
+
+/// Everything `connect` (or `reauth`) presented, with the device proof already verified.
+pub(crate) struct Attempt<'a> {
+    pub conn_id: &'a str,
+    pub remote: SocketAddr,
+    pub tls: bool,
+    pub client: &'a ClientInfo,
+    pub role: Role,
+    pub scopes: &'a [String],
+    pub auth: Option<&'a AuthParams>,
+    /// The verified device (id, public key), if the peer proved one.
+    pub device: Option<(String, String)>,
+}
+
+/// A successful authentication.
+#[derive(Debug, Clone)]
+pub(crate) struct Authenticated {
+    pub identity: Identity,
+    pub role: Role,
+    pub scopes: Vec<String>,
+    pub pairing: Pairing,
+    pub device_token: Option<String>,
+}
+
+/// A refusal: what the client is told, and what the log says.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub error: ErrorBody,
+    /// The real cause, for the log (never a secret).
+    pub cause: String,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, reason: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self {
+            error: ErrorBody::new(code, message.clone()).with_details(json!({ "reason": reason })),
+            cause: message,
+        }
+    }
+}
+
+fn device_identity(record: &DeviceRecord) -> Identity {
+    Identity {
+        subject: format!("device:{}", record.id),
+        method: DEVICE_METHOD.into(),
+        groups: vec!["trustgate:paired-devices".into()],
+        attributes: vec![("device-id".into(), record.id.clone())],
+        roles: vec![record.role.as_str().into()],
+        scopes: record.scopes.clone(),
+        expires_at_ms: None,
+        skip_pairing: false,
+    }
+}
+
+fn deny_code(code: DenyCode) -> ErrorCode {
+    match code {
+        DenyCode::Unauthenticated => ErrorCode::Unauthenticated,
+        DenyCode::Forbidden => ErrorCode::Forbidden,
+        DenyCode::Unavailable => ErrorCode::Unavailable,
+        DenyCode::RateLimited => ErrorCode::RateLimited,
+    }
+}
+
+/// Methods that carry no credential of their own, so an approved device may stand for the peer.
+fn is_device_method(method: &str) -> bool {
+    matches!(method, "" | "none" | DEVICE_METHOD | "device")
+}
+
+pub(crate) async fn authenticate(
+    state: &GatewayState,
+    attempt: &Attempt<'_>,
+) -> Result<Authenticated, Refusal> {
+    let method = attempt.auth.map(|a| a.method.as_str()).unwrap_or("none");
+    let device_token = attempt.auth.and_then(|a| a.device_token.as_deref());
+    if device_token.is_some() && attempt.auth.and_then(|a| a.token.as_ref()).is_some() {
+        return Err(Refusal::new(
+            ErrorCode::InvalidRequest,
+            "conflicting-credentials",
+            "auth.token and auth.deviceToken cannot be presented together",
+        ));
+    }
+
+    // 1. A paired device stands for the peer when the peer presents no other credential.
+    let mut seeded: Option<(DeviceRecord, bool)> = None; // (device, came with a token)
+    if let Some(token) = device_token {
+        let Some(record) = state.pairing.device_for_token(token) else {
+            return Err(Refusal::new(
+                ErrorCode::Unauthenticated,
+                "device-token-invalid",
+                "the device token is unknown, revoked or superseded; pair again",
+            ));
+        };
+        if let Some((id, _)) = &attempt.device
+            && *id != record.id
+        {
+            return Err(Refusal::new(
+                ErrorCode::Unauthenticated,
+                "device-token-mismatch",
+                "the device token belongs to another device",
+            ));
+        }
+        seeded = Some((record, true));
+    } else if is_device_method(method)
+        && let Some((id, _)) = &attempt.device
+        && let Some(record) = state.pairing.device(id)
+    {
+        seeded = Some((record, false));
+    }
+
+    // 2. The plugin chain.
+    let request = Request {
+        credentials: Credentials {
+            method: method.to_string(),
+            token: attempt.auth.and_then(|a| a.token.clone()),
+            device_token: device_token.map(str::to_string),
+        },
+        device: attempt.device.as_ref().map(|(id, pk)| Device {
+            id: id.clone(),
+            public_key: pk.clone(),
+        }),
+        peer: Peer {
+            remote_addr: attempt.remote.to_string(),
+            tls: attempt.tls,
+            client_id: attempt.client.id.clone(),
+            client_version: attempt.client.version.clone(),
+            platform: attempt.client.platform.clone(),
+            conn_id: attempt.conn_id.to_string(),
+        },
+        role: attempt.role.as_str().to_string(),
+        scopes: attempt.scopes.to_vec(),
+    };
+    let chain = state.chain();
+    let verdict = chain
+        .evaluate_with(&request, seeded.as_ref().map(|(r, _)| device_identity(r)))
+        .await;
+    let identity = match verdict.outcome {
+        Outcome::Allowed(identity) => identity,
+        Outcome::Denied { plugin, denial } => {
+            let code = deny_code(denial.code);
+            let mut error = ErrorBody::new(code, format!("denied by auth plugin `{plugin}`"))
+                .with_details(json!({ "reason": denial.reason, "plugin": plugin }))
+                .with_retry_after(denial.retry_after_ms.map(u64::from));
+            if code.retryable() && error.retry_after_ms.is_none() {
+                error.retry_after_ms = Some(1_000);
+            }
+            return Err(Refusal {
+                error,
+                cause: format!(
+                    "plugin `{plugin}` denied ({}): {}",
+                    denial.reason, denial.message
+                ),
+            });
+        }
+        Outcome::Failed { plugin, failure } => {
+            return Err(Refusal {
+                error: ErrorBody::new(
+                    ErrorCode::PluginFailed,
+                    format!("auth plugin `{plugin}` failed; access denied"),
+                )
+                .with_details(json!({ "plugin": plugin, "reason": failure.cause() })),
+                cause: format!("plugin `{plugin}` {failure}"),
+            });
+        }
+        Outcome::NoDecision => {
+            return Err(match &attempt.device {
+                Some((id, pk)) if is_device_method(method) => {
+                    let pending = state.pairing.request(
+                        id,
+                        pk,
+                        attempt.role,
+                        attempt.scopes,
+                        &attempt.client.id,
+                        &attempt.remote.to_string(),
+                    );
+                    Refusal {
+                        error: ErrorBody::new(
+                            ErrorCode::NotPaired,
+                            "this device is not paired; an operator must approve the request",
+                        )
+                        .with_details(json!({
+                            "reason": "pairing-required",
+                            "requestId": pending.request_id,
+                            "expiresAtMs": pending.expires_at_ms,
+                        })),
+                        cause: format!("device {id} not paired (request {})", pending.request_id),
+                    }
+                }
+                _ if method == "none" => Refusal::new(
+                    ErrorCode::Unauthenticated,
+                    "no-credentials",
+                    "no credentials presented: send auth or a device identity",
+                ),
+                _ => Refusal::new(
+                    ErrorCode::Unauthenticated,
+                    "credentials-not-accepted",
+                    format!("no auth plugin accepted credentials of method `{method}`"),
+                ),
+            });
+        }
+    };
+
+    // 3. Role and scopes: only what the identity allows.
+    if !identity.roles.iter().any(|r| r == attempt.role.as_str()) {
+        return Err(Refusal::new(
+            ErrorCode::Forbidden,
+            "role-not-allowed",
+            format!(
+                "`{}` may not connect as {}",
+                identity.subject,
+                attempt.role.as_str()
+            ),
+        ));
+    }
+    if let Some(s) = attempt.scopes.iter().find(|s| !identity.scopes.contains(s)) {
+        return Err(Refusal::new(
+            ErrorCode::Forbidden,
+            "scope-not-allowed",
+            format!("`{}` may not hold scope `{s}`", identity.subject),
+        ));
+    }
+
+    // 4. Pairing: skipped only when a plugin said so; otherwise a paired device is needed.
+    let (pairing, device_token) = match seeded {
+        Some((record, with_token)) => {
+            let token = if with_token {
+                None
+            } else {
+                state.pairing.issue_token(&record.id).map_err(|e| Refusal {
+                    error: ErrorBody::new(ErrorCode::Unavailable, "pairing store unavailable")
+                        .with_retry_after(Some(1_000)),
+                    cause: e.to_string(),
+                })?
+            };
+            (Pairing::Paired, token)
+        }
+        None if identity.skip_pairing => (Pairing::Skipped, None),
+        None => match &attempt.device {
+            Some((id, pk)) => match state.pairing.device(id) {
+                Some(record) if record.role == attempt.role => (Pairing::Paired, None),
+                _ => {
+                    let pending = state.pairing.request(
+                        id,
+                        pk,
+                        attempt.role,
+                        attempt.scopes,
+                        &attempt.client.id,
+                        &attempt.remote.to_string(),
+                    );
+                    return Err(Refusal {
+                        error: ErrorBody::new(
+                            ErrorCode::NotPaired,
+                            "this identity may not skip pairing and its device is not paired",
+                        )
+                        .with_details(json!({
+                            "reason": "pairing-required",
+                            "requestId": pending.request_id,
+                            "expiresAtMs": pending.expires_at_ms,
+                        })),
+                        cause: format!(
+                            "{} needs pairing; device {id} not paired (request {})",
+                            identity.subject, pending.request_id
+                        ),
+                    });
+                }
+            },
+            None => {
+                return Err(Refusal::new(
+                    ErrorCode::Unauthenticated,
+                    "device-required",
+                    format!(
+                        "`{}` may not skip pairing: present a device identity to pair",
+                        identity.subject
+                    ),
+                ));
+            }
+        },
+    };
+    Ok(Authenticated {
+        role: attempt.role,
+        scopes: attempt.scopes.to_vec(),
+        identity,
+        pairing,
+        device_token,
+    })
+}

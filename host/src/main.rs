@@ -321,10 +321,14 @@ fn print_devices(body: &serde_json::Value) {
         .unwrap_or(&empty);
     println!("approved devices: {}", devices.len());
     for d in devices {
+        let roles: Vec<&str> = d["roles"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
         println!(
-            "  {}  role {}  client {}",
+            "  {}  roles {}  client {}",
             d["id"].as_str().unwrap_or("?"),
-            d["role"].as_str().unwrap_or("?"),
+            roles.join(","),
             d["clientId"].as_str().unwrap_or("?"),
         );
     }

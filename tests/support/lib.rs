@@ -73,6 +73,7 @@ pub fn spec(name: &str, path: &str, config: serde_json::Value) -> PluginSpec {
 }
 
 pub mod client;
+pub mod tls;
 
 /// A gateway running in this test process on ephemeral loopback ports, with its state in a
 /// temporary directory.

@@ -52,23 +52,24 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({"error": message.into()}))).into_response()
 }
 
-/// Compares digests so the comparison time does not depend on where the tokens differ.
-fn authorized(state: &GatewayState, headers: &HeaderMap) -> Result<(), Response> {
+/// `Some(response)` when the request lacks the admin token. Compares digests so the comparison
+/// time does not depend on where the tokens differ.
+fn unauthorized(state: &GatewayState, headers: &HeaderMap) -> Option<Response> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(presented) = presented else {
-        return Err(error(
+        return Some(error(
             StatusCode::UNAUTHORIZED,
             "missing `Authorization: Bearer <admin token>`",
         ));
     };
     if Sha256::digest(presented.as_bytes()) != Sha256::digest(state.admin_token.as_bytes()) {
-        return Err(error(StatusCode::FORBIDDEN, "wrong admin token"));
+        return Some(error(StatusCode::FORBIDDEN, "wrong admin token"));
     }
-    Ok(())
+    None
 }
 
 fn pairing_failure(e: &PairingError) -> Response {
@@ -85,7 +86,7 @@ fn pairing_failure(e: &PairingError) -> Response {
 }
 
 async fn list_pairing(State(state): State<Arc<GatewayState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&state, &headers) {
+    if let Some(r) = unauthorized(&state, &headers) {
         return r;
     }
     axum::Json(json!({
@@ -100,12 +101,12 @@ async fn approve(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = authorized(&state, &headers) {
+    if let Some(r) = unauthorized(&state, &headers) {
         return r;
     }
     match state.pairing.approve(&id) {
         Ok(device) => {
-            tracing::info!(request = %id, device = %device.id, role = device.role.as_str(), "pairing approved");
+            tracing::info!(request = %id, device = %device.id, roles = ?device.roles, "pairing approved");
             axum::Json(json!({"approved": true, "device": device})).into_response()
         }
         Err(e) => pairing_failure(&e),
@@ -117,7 +118,7 @@ async fn reject(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = authorized(&state, &headers) {
+    if let Some(r) = unauthorized(&state, &headers) {
         return r;
     }
     match state.pairing.reject(&id) {
@@ -130,7 +131,7 @@ async fn reject(
 }
 
 async fn list_sessions(State(state): State<Arc<GatewayState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&state, &headers) {
+    if let Some(r) = unauthorized(&state, &headers) {
         return r;
     }
     axum::Json(json!({"sessions": state.sessions.list()})).into_response()

@@ -59,7 +59,11 @@ fn device_identity(record: &DeviceRecord) -> Identity {
         method: DEVICE_METHOD.into(),
         groups: vec!["trustgate:paired-devices".into()],
         attributes: vec![("device-id".into(), record.id.clone())],
-        roles: vec![record.role.as_str().into()],
+        roles: record
+            .roles
+            .iter()
+            .map(|r| r.as_str().to_string())
+            .collect(),
         scopes: record.scopes.clone(),
         expires_at_ms: None,
         skip_pairing: false,
@@ -117,7 +121,9 @@ pub(crate) async fn authenticate(
     } else if is_device_method(method)
         && let Some((id, _)) = &attempt.device
         && let Some(record) = state.pairing.device(id)
+        && record.roles.contains(&attempt.role)
     {
+        // A device approved only for other roles pairs again for this one (below).
         seeded = Some((record, false));
     }
 
@@ -250,7 +256,7 @@ pub(crate) async fn authenticate(
         None if identity.skip_pairing => (Pairing::Skipped, None),
         None => match &attempt.device {
             Some((id, pk)) => match state.pairing.device(id) {
-                Some(record) if record.role == attempt.role => (Pairing::Paired, None),
+                Some(record) if record.roles.contains(&attempt.role) => (Pairing::Paired, None),
                 _ => {
                     let pending = state.pairing.request(
                         id,

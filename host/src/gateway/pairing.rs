@@ -28,8 +28,8 @@ pub struct DeviceRecord {
     pub id: String,
     /// Its public key, base64url.
     pub public_key: String,
-    /// The role it was approved for.
-    pub role: Role,
+    /// The roles it was approved for (each approval adds one).
+    pub roles: Vec<Role>,
     /// The scopes it was approved for.
     #[serde(default)]
     pub scopes: Vec<String>,
@@ -267,15 +267,29 @@ impl PairingStore {
     pub fn approve(&self, request_id: &str) -> Result<DeviceRecord, PairingError> {
         let mut state = self.lock();
         let request = Self::take_pending(&mut state, request_id)?;
-        let record = DeviceRecord {
-            id: request.device_id.clone(),
-            public_key: request.public_key.clone(),
-            role: request.role,
-            scopes: request.scopes.clone(),
-            client_id: request.client_id.clone(),
-            approved_at_ms: now_ms(),
-            token_sha256: None,
-        };
+        // A device approved earlier for another role keeps it (and its token).
+        let mut record = state
+            .devices
+            .get(&request.device_id)
+            .cloned()
+            .unwrap_or(DeviceRecord {
+                id: request.device_id.clone(),
+                public_key: request.public_key.clone(),
+                roles: Vec::new(),
+                scopes: Vec::new(),
+                client_id: request.client_id.clone(),
+                approved_at_ms: 0,
+                token_sha256: None,
+            });
+        if !record.roles.contains(&request.role) {
+            record.roles.push(request.role);
+        }
+        for s in &request.scopes {
+            if !record.scopes.contains(s) {
+                record.scopes.push(s.clone());
+            }
+        }
+        record.approved_at_ms = now_ms();
         let mut devices = state.devices.clone();
         devices.insert(record.id.clone(), record.clone());
         if let Err(e) = self.persist(&devices) {
@@ -364,7 +378,7 @@ mod tests {
         assert!(store.device_for_token(&t1).is_none());
 
         let reopened = PairingStore::open(&path, Duration::from_secs(60)).unwrap();
-        assert_eq!(reopened.device("dev1").unwrap().role, Role::Worker);
+        assert_eq!(reopened.device("dev1").unwrap().roles, vec![Role::Worker]);
         assert_eq!(reopened.device_for_token(&t2).unwrap().id, "dev1");
         assert!(
             !std::fs::read_to_string(&path).unwrap().contains(&t2),

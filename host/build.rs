@@ -9,7 +9,10 @@ use std::fmt::Write;
 use std::path::PathBuf;
 
 /// (built-in name, cargo package)
-const BUILTINS: &[(&str, &str)] = &[("allowlist", "trustgate-allowlist")];
+const BUILTINS: &[(&str, &str)] = &[
+    ("allowlist", "trustgate-allowlist"),
+    ("k8s-sa-trust", "trustgate-k8s-sa-trust"),
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod fsutil;
 pub mod gateway;
+pub mod k8s;
 pub mod plugin;
 pub mod protocol;
 pub mod time;

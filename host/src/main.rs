@@ -191,7 +191,7 @@ fn load_config(file: Option<&PathBuf>) -> Result<Config> {
 
 async fn serve(config: Option<PathBuf>) -> Result<()> {
     let config = load_config(config.as_ref())?;
-    let running = trustgate::gateway::start_without_kubernetes(&config).await?;
+    let running = trustgate::gateway::start(&config).await?;
     let scheme = if running.tls { "wss" } else { "ws" };
     eprintln!(
         "trustgate {} serving {scheme}://{} (admin http://{}) with {} ({} plugins)",

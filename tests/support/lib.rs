@@ -122,7 +122,7 @@ pub async fn gateway(sections: &str, chain: &str) -> TestGateway {
     );
     let config = trustgate::config::Config::parse(&text, "test.toml", dir.path())
         .unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
-    let running = trustgate::gateway::start_without_kubernetes(&config)
+    let running = trustgate::gateway::start(&config)
         .await
         .unwrap_or_else(|e| panic!("gateway start: {e}"));
     TestGateway { running, dir }

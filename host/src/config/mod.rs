@@ -36,6 +36,10 @@ pub struct Config {
     /// Device pairing.
     #[serde(default)]
     pub pairing: PairingSection,
+    /// The Kubernetes API client (TokenReview, OIDC keys); absent: plugins get
+    /// `not-configured` from those host calls.
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesSection>,
     /// Sandbox limits and the compile cache.
     #[serde(default)]
     pub plugins: PluginsSection,
@@ -115,6 +119,9 @@ pub struct LimitsSection {
     pub tick_interval_ms: u64,
     /// How long an operator's `worker.invoke` waits for the worker's result.
     pub invoke_timeout_ms: u64,
+    /// How often live sessions' credentials are validated again (a revoked token, a deleted
+    /// pod or a revoked device closes the session with 4401).
+    pub revalidate_interval_ms: u64,
 }
 
 impl Default for LimitsSection {
@@ -125,6 +132,49 @@ impl Default for LimitsSection {
             max_connections: 10_000,
             tick_interval_ms: 15_000,
             invoke_timeout_ms: 30_000,
+            revalidate_interval_ms: 300_000,
+        }
+    }
+}
+
+/// `[kubernetes]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesSection {
+    /// A kubeconfig file; without it the in-cluster configuration is used (service env,
+    /// mounted ServiceAccount token re-read as it rotates, mounted `ca.crt`).
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    pub context: Option<String>,
+    /// Timeout of one API request.
+    pub request_timeout_ms: u64,
+    /// Extra attempts after 5xx, 429 or a connection failure.
+    pub retries: u32,
+    /// How long an accepted review is reused (never past the token's expiry).
+    pub review_cache_ttl_ms: u64,
+    /// How long a rejected review is reused.
+    pub negative_cache_ttl_ms: u64,
+    /// Bound on cached reviews.
+    pub cache_max_entries: usize,
+    /// Minimum interval between key-set refreshes caused by unknown key ids.
+    pub jwks_min_refresh_ms: u64,
+    /// Expected token issuer (default: from OIDC discovery).
+    pub issuer: Option<String>,
+}
+
+impl Default for KubernetesSection {
+    fn default() -> Self {
+        let d = crate::k8s::Settings::default();
+        Self {
+            kubeconfig: None,
+            context: None,
+            request_timeout_ms: d.request_timeout.as_millis() as u64,
+            retries: d.retries,
+            review_cache_ttl_ms: d.cache_ttl.as_millis() as u64,
+            negative_cache_ttl_ms: d.negative_cache_ttl.as_millis() as u64,
+            cache_max_entries: d.cache_max_entries,
+            jwks_min_refresh_ms: d.jwks_min_refresh.as_millis() as u64,
+            issuer: None,
         }
     }
 }
@@ -239,6 +289,11 @@ impl Config {
             ("limits.max_connections", l.max_connections as u64, 1),
             ("limits.tick_interval_ms", l.tick_interval_ms, 10),
             ("limits.invoke_timeout_ms", l.invoke_timeout_ms, 1),
+            (
+                "limits.revalidate_interval_ms",
+                l.revalidate_interval_ms,
+                10,
+            ),
             ("pairing.pending_ttl_ms", self.pairing.pending_ttl_ms, 1),
         ] {
             if value < min {
@@ -455,6 +510,21 @@ impl Config {
             .tls
             .as_ref()
             .map(|t| (self.resolve(&t.cert_file), self.resolve(&t.key_file)))
+    }
+
+    /// Kubernetes client settings, resolved, if `[kubernetes]` is present.
+    pub fn kubernetes_settings(&self) -> Option<crate::k8s::Settings> {
+        self.kubernetes.as_ref().map(|k| crate::k8s::Settings {
+            kubeconfig: k.kubeconfig.as_ref().map(|p| self.resolve(p)),
+            context: k.context.clone(),
+            request_timeout: Duration::from_millis(k.request_timeout_ms.max(1)),
+            retries: k.retries,
+            cache_ttl: Duration::from_millis(k.review_cache_ttl_ms),
+            negative_cache_ttl: Duration::from_millis(k.negative_cache_ttl_ms),
+            cache_max_entries: k.cache_max_entries,
+            jwks_min_refresh: Duration::from_millis(k.jwks_min_refresh_ms),
+            issuer: k.issuer.clone(),
+        })
     }
 
     /// Where this configuration came from (a path or `<embedded default>`).

@@ -23,6 +23,9 @@ pub(crate) struct Attempt<'a> {
     pub auth: Option<&'a AuthParams>,
     /// The verified device (id, public key), if the peer proved one.
     pub device: Option<(String, String)>,
+    /// Whether a device that logs in by signature gets a new device token (only on `connect`:
+    /// re-validations must not rotate a token the client never sees).
+    pub issue_token: bool,
 }
 
 /// A successful authentication.
@@ -242,7 +245,7 @@ pub(crate) async fn authenticate(
     // 4. Pairing: skipped only when a plugin said so; otherwise a paired device is needed.
     let (pairing, device_token) = match seeded {
         Some((record, with_token)) => {
-            let token = if with_token {
+            let token = if with_token || !attempt.issue_token {
                 None
             } else {
                 state.pairing.issue_token(&record.id).map_err(|e| Refusal {

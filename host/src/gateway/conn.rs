@@ -327,6 +327,7 @@ where
             scopes: &params.scopes,
             auth: params.auth.as_ref(),
             device,
+            issue_token: true,
         };
         let outcome = authenticate(&self.state, &attempt).await;
         let auth = match outcome {
@@ -398,6 +399,12 @@ where
             .map(|d| (d.id.clone(), d.public_key.clone()));
         let mut invokes: HashMap<String, oneshot::Sender<Result<InvokeOutcome, ErrorBody>>> =
             HashMap::new();
+        let mut last_auth = params.auth.clone();
+        let revalidate_every = self.state.limits.revalidate_interval;
+        let mut revalidation = tokio::time::interval_at(
+            tokio::time::Instant::now() + revalidate_every,
+            revalidate_every,
+        );
         let tick_every = self.state.limits.tick_interval;
         let mut ticker =
             tokio::time::interval_at(tokio::time::Instant::now() + tick_every, tick_every);
@@ -409,7 +416,7 @@ where
                 inbound = next_frame(&mut source) => match inbound {
                     Inbound::Text(text) => {
                         let reply = self
-                            .request(&text, &params, &mut auth, device.clone(), &mut invokes, &out_tx)
+                            .request(&text, &params, &mut auth, &mut last_auth, device.clone(), &mut invokes, &out_tx)
                             .await;
                         if let Some(reply) = reply && !self.send_json(&reply).await {
                             break;
@@ -429,6 +436,12 @@ where
                 },
                 _ = ticker.tick() => {
                     if !self.send_event("tick", json!({"ts": now_ms()}), true).await {
+                        break;
+                    }
+                }
+                _ = revalidation.tick() => {
+                    if let Some(reason) = self.revalidate(&params, &mut auth, last_auth.as_ref(), device.clone()).await {
+                        self.close(CloseCode::CREDENTIALS_EXPIRED, reason).await;
                         break;
                     }
                 }
@@ -475,11 +488,13 @@ where
 
     /// Handles one request after the handshake. Returns the response to send now, or `None`
     /// when the response will come later through `out`.
+    #[allow(clippy::too_many_arguments)] // the session's state, passed apart to keep borrows short
     async fn request(
         &mut self,
         text: &str,
         params: &ConnectParams,
         auth: &mut Authenticated,
+        last_auth: &mut Option<AuthParams>,
         device: Option<(String, String)>,
         invokes: &mut HashMap<String, oneshot::Sender<Result<InvokeOutcome, ErrorBody>>>,
         out: &mpsc::Sender<ResponseFrame>,
@@ -492,7 +507,7 @@ where
         let result = match frame.method.as_str() {
             "ping" => Ok(json!({"pong": true})),
             "session.info" => Ok(self.session_info(auth)),
-            "reauth" => self.reauth(&frame, params, auth, device).await,
+            "reauth" => self.reauth(&frame, params, auth, last_auth, device).await,
             "connect" => Err(ErrorBody::new(
                 ErrorCode::InvalidRequest,
                 "already connected; `connect` is only valid as the first request",
@@ -531,6 +546,55 @@ where
         })
     }
 
+    /// Validates the session's credentials again, bypassing the review cache. Returns the close
+    /// reason if they no longer hold; a check that could not be completed (API down, plugin
+    /// failure) keeps the session.
+    async fn revalidate(
+        &mut self,
+        params: &ConnectParams,
+        auth: &mut Authenticated,
+        last_auth: Option<&AuthParams>,
+        device: Option<(String, String)>,
+    ) -> Option<&'static str> {
+        let attempt = Attempt {
+            conn_id: &self.conn_id,
+            remote: self.remote,
+            tls: self.tls,
+            client: &params.client,
+            role: auth.role,
+            scopes: &auth.scopes,
+            auth: last_auth,
+            device,
+            issue_token: false,
+        };
+        match crate::k8s::fresh(authenticate(&self.state, &attempt)).await {
+            Ok(fresh) if fresh.identity.subject == auth.identity.subject => {
+                let expires = fresh.identity.expires_at_ms;
+                auth.identity = fresh.identity;
+                self.state.sessions.update_expiry(&self.conn_id, expires);
+                debug!(expires_at_ms = ?expires, "credentials re-validated");
+                None
+            }
+            Ok(other) => {
+                warn!(old = %auth.identity.subject, new = %other.identity.subject, "re-validation found another subject");
+                Some("credentials expired")
+            }
+            Err(r)
+                if matches!(
+                    r.error.code,
+                    ErrorCode::Unauthenticated | ErrorCode::Forbidden | ErrorCode::NotPaired
+                ) =>
+            {
+                info!(code = %r.error.code, cause = %r.cause, "credentials no longer valid; closing");
+                Some("credentials expired")
+            }
+            Err(r) => {
+                warn!(code = %r.error.code, cause = %r.cause, "could not re-validate credentials; keeping the session");
+                None
+            }
+        }
+    }
+
     fn session_info(&self, auth: &Authenticated) -> Value {
         let attributes: serde_json::Map<String, Value> = auth
             .identity
@@ -556,6 +620,7 @@ where
         frame: &RequestFrame,
         params: &ConnectParams,
         auth: &mut Authenticated,
+        last_auth: &mut Option<AuthParams>,
         device: Option<(String, String)>,
     ) -> Result<Value, ErrorBody> {
         #[derive(Deserialize)]
@@ -573,6 +638,7 @@ where
             scopes: &auth.scopes,
             auth: Some(&p.auth),
             device,
+            issue_token: false,
         };
         let fresh = authenticate(&self.state, &attempt).await.map_err(|r| {
             info!(code = %r.error.code, cause = %r.cause, "reauth refused");
@@ -588,6 +654,7 @@ where
         }
         let expires = fresh.identity.expires_at_ms;
         auth.identity = fresh.identity;
+        *last_auth = Some(p.auth);
         self.state.sessions.update_expiry(&self.conn_id, expires);
         info!(expires_at_ms = ?expires, "reauthenticated");
         Ok(json!({"expiresAtMs": expires}))

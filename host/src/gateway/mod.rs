@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 mod conn;
+mod kube_services;
 pub mod pairing;
 pub mod sessions;
 
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+pub use kube_services::KubeServices;
 pub use pairing::{DeviceRecord, PairingError, PairingStore, PendingRequest};
 pub use sessions::{SessionInfo, Sessions};
 
@@ -36,6 +38,8 @@ pub struct Limits {
     pub tick_interval: Duration,
     /// Invoke timeout.
     pub invoke_timeout: Duration,
+    /// Interval of credential re-validation of live sessions.
+    pub revalidate_interval: Duration,
 }
 
 impl Limits {
@@ -47,6 +51,7 @@ impl Limits {
             max_connections: l.max_connections,
             tick_interval: Duration::from_millis(l.tick_interval_ms),
             invoke_timeout: Duration::from_millis(l.invoke_timeout_ms),
+            revalidate_interval: Duration::from_millis(l.revalidate_interval_ms),
         }
     }
 }
@@ -131,6 +136,9 @@ pub enum StartError {
         /// The error.
         source: std::io::Error,
     },
+    /// The Kubernetes client could not be set up.
+    #[error(transparent)]
+    Kubernetes(#[from] crate::k8s::SetupError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -153,6 +161,8 @@ pub struct Running {
     pub state: Arc<GatewayState>,
     /// The plugin runtime (kept alive for reloads).
     pub runtime: Arc<Runtime>,
+    /// The Kubernetes client, if configured.
+    pub kubernetes: Option<Arc<crate::k8s::Kubernetes>>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -203,8 +213,22 @@ fn load_admin_token(path: &std::path::Path) -> Result<String, StartError> {
     }
 }
 
-/// Starts a gateway from a configuration, with `services` behind the plugins' host calls.
-pub async fn start(
+/// Starts a gateway from a configuration; `[kubernetes]` decides what stands behind the
+/// plugins' TokenReview and JWT host calls.
+pub async fn start(config: &Config) -> Result<Running, StartError> {
+    match config.kubernetes_settings() {
+        Some(settings) => {
+            let kube = Arc::new(crate::k8s::Kubernetes::connect(settings).await?);
+            let mut running = start_with(config, Arc::new(KubeServices(kube.clone()))).await?;
+            running.kubernetes = Some(kube);
+            Ok(running)
+        }
+        None => start_with(config, Arc::new(NoKubernetes)).await,
+    }
+}
+
+/// Starts a gateway with `services` behind the plugins' host calls.
+pub async fn start_with(
     config: &Config,
     services: Arc<dyn HostServices>,
 ) -> Result<Running, StartError> {
@@ -263,14 +287,10 @@ pub async fn start(
         tls,
         state,
         runtime,
+        kubernetes: None,
         stop,
         tasks,
     })
-}
-
-/// Starts a gateway with no Kubernetes client.
-pub async fn start_without_kubernetes(config: &Config) -> Result<Running, StartError> {
-    start(config, Arc::new(NoKubernetes)).await
 }
 
 async fn accept_loop(

@@ -1,0 +1,288 @@
+//! `k8s-sa-trust`: lets Kubernetes worker pods in with their projected ServiceAccount token.
+//!
+//! The plugin asks the gateway to review the token (`tokenreview` mode: a TokenReview against
+//! the API server, cached by the host; `jwks` mode: local verification against the cluster's
+//! OIDC keys), requires one of the configured audiences, and admits only ServiceAccounts an
+//! `allow` rule names. There is no allow-all: a configuration without rules is refused.
+//!
+//! ```toml
+//! [[auth.plugins]]
+//! builtin = "k8s-sa-trust"
+//! [auth.plugins.config]
+//! mode = "tokenreview"                 # or "jwks"
+//! audiences = ["trustgate"]            # the audience the workers' projected tokens carry
+//! require_pod_binding = true           # tokens must be bound to a pod
+//! [[auth.plugins.config.allow]]
+//! namespace = "workers"                # `*` and `?` globs
+//! service_account = "runner-*"
+//! roles = ["worker"]                   # default ["worker"]
+//! skip_pairing = true                  # default true
+//! ```
+//!
+//! Credentials of any other method are left to other plugins (abstain).
+
+use serde::Deserialize;
+use trustgate_plugin_sdk::{
+    Decision, Denial, DenyCode, Identity, Plugin, Request, ReviewError, TokenReviewStatus, deny,
+    deny_forbidden, deny_unauthenticated, glob, token_review, verify_jwt,
+};
+
+/// The auth method this plugin handles.
+pub const METHOD: &str = "k8s-sa-trust";
+
+const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
+const POD_UID: &str = "authentication.kubernetes.io/pod-uid";
+const NODE_NAME: &str = "authentication.kubernetes.io/node-name";
+
+/// How tokens are validated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A TokenReview per token (cached by the gateway); notices deleted pods.
+    #[default]
+    Tokenreview,
+    /// Local verification against the cluster's published keys; no API call per connect.
+    Jwks,
+}
+
+fn default_roles() -> Vec<String> {
+    vec!["worker".into()]
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One allow rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Namespace glob.
+    pub namespace: String,
+    /// ServiceAccount name glob.
+    pub service_account: String,
+    /// Roles the ServiceAccount may take.
+    #[serde(default = "default_roles")]
+    pub roles: Vec<String>,
+    /// Whether it may skip device pairing.
+    #[serde(default = "yes")]
+    pub skip_pairing: bool,
+}
+
+/// The plugin's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Validation mode.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Accepted token audiences (at least one).
+    pub audiences: Vec<String>,
+    /// Who may connect; first rule matching namespace, ServiceAccount and role wins.
+    pub allow: Vec<Rule>,
+    /// Require tokens bound to a pod (projected tokens are; legacy secret tokens are not).
+    #[serde(default)]
+    pub require_pod_binding: bool,
+}
+
+/// The configured plugin.
+#[derive(Debug)]
+pub struct K8sSaTrust {
+    config: Config,
+}
+
+fn extra<'a>(status: &'a TokenReviewStatus, key: &str) -> Option<&'a str> {
+    status
+        .user
+        .extra
+        .iter()
+        .find(|(k, _)| k == key)
+        .and_then(|(_, v)| v.first())
+        .map(String::as_str)
+}
+
+fn unavailable(reason: &str, message: String) -> Decision {
+    Decision::Deny(Denial {
+        code: DenyCode::Unavailable,
+        reason: reason.into(),
+        message,
+        retry_after_ms: Some(1_000),
+    })
+}
+
+/// The reason word for a token the API server (or the key set) rejected.
+fn rejection_reason(error: &str) -> &'static str {
+    let e = error.to_ascii_lowercase();
+    if e.contains("expired") {
+        "token-expired"
+    } else if e.contains("invalidated") {
+        "token-invalidated"
+    } else if e.contains("audience") {
+        "audience-mismatch"
+    } else {
+        "token-rejected"
+    }
+}
+
+impl Plugin for K8sSaTrust {
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self, String> {
+        if config.audiences.iter().all(|a| a.trim().is_empty()) {
+            return Err("audiences: must name at least one audience (the one the workers' projected tokens are issued for)".into());
+        }
+        if config.allow.is_empty() {
+            return Err("allow: is empty; k8s-sa-trust never admits every ServiceAccount — add rules naming the namespaces and ServiceAccounts that may connect".into());
+        }
+        for (i, r) in config.allow.iter().enumerate() {
+            if r.namespace.trim().is_empty() {
+                return Err(format!(
+                    "allow[{i}].namespace: must not be empty (use \"*\" deliberately if you mean any)"
+                ));
+            }
+            if r.service_account.trim().is_empty() {
+                return Err(format!(
+                    "allow[{i}].service_account: must not be empty (use \"*\" deliberately if you mean any)"
+                ));
+            }
+            if r.roles.is_empty() {
+                return Err(format!(
+                    "allow[{i}].roles: is empty; the rule would admit no one"
+                ));
+            }
+            if let Some(bad) = r.roles.iter().find(|x| *x != "worker" && *x != "operator") {
+                return Err(format!(
+                    "allow[{i}].roles: unknown role `{bad}` (roles are `worker` and `operator`)"
+                ));
+            }
+        }
+        Ok(Self { config })
+    }
+
+    fn authenticate(&self, request: &Request, _so_far: Option<&Identity>) -> Decision {
+        if request.credentials.method != METHOD {
+            return Decision::Abstain;
+        }
+        let Some(token) = request
+            .credentials
+            .token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+        else {
+            return deny_unauthenticated(
+                "token-missing",
+                "auth.token is required for k8s-sa-trust",
+            );
+        };
+        let c = &self.config;
+        let reviewed = match c.mode {
+            Mode::Tokenreview => token_review(token, &c.audiences),
+            Mode::Jwks => verify_jwt(token, &c.audiences),
+        };
+        let status = match reviewed {
+            Ok(s) => s,
+            Err(ReviewError::NotConfigured(m)) => {
+                return unavailable("kubernetes-not-configured", m);
+            }
+            Err(ReviewError::Unavailable(m)) => return unavailable("review-unavailable", m),
+            Err(ReviewError::Forbidden(m)) => return unavailable("review-forbidden", m),
+            Err(ReviewError::Failed(m)) => return unavailable("review-failed", m),
+        };
+        if !status.authenticated {
+            let error = status
+                .error
+                .clone()
+                .unwrap_or_else(|| "token not authenticated".into());
+            return deny_unauthenticated(
+                rejection_reason(&error),
+                format!("token rejected: {error}"),
+            );
+        }
+        if !status.audiences.iter().any(|a| c.audiences.contains(a)) {
+            return deny_unauthenticated(
+                "audience-mismatch",
+                format!(
+                    "token audiences {:?} do not include any of {:?}",
+                    status.audiences, c.audiences
+                ),
+            );
+        }
+        let username = status.user.username.clone();
+        let Some((namespace, service_account)) = username
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|rest| rest.split_once(':'))
+        else {
+            return deny_unauthenticated(
+                "not-a-service-account",
+                format!("`{username}` is not a ServiceAccount"),
+            );
+        };
+        let pod_name = extra(&status, POD_NAME);
+        let pod_uid = extra(&status, POD_UID);
+        if c.require_pod_binding && (pod_name.is_none() || pod_uid.is_none()) {
+            return deny_unauthenticated("pod-binding-required", "the token is not bound to a pod");
+        }
+        let ns_rules: Vec<&Rule> = c
+            .allow
+            .iter()
+            .filter(|r| glob(&r.namespace, namespace))
+            .collect();
+        if ns_rules.is_empty() {
+            return deny_forbidden(
+                "namespace-not-allowed",
+                format!("namespace `{namespace}` is not allowed"),
+            );
+        }
+        let sa_rules: Vec<&Rule> = ns_rules
+            .into_iter()
+            .filter(|r| glob(&r.service_account, service_account))
+            .collect();
+        if sa_rules.is_empty() {
+            return deny_forbidden(
+                "service-account-not-allowed",
+                format!("ServiceAccount `{namespace}/{service_account}` is not allowed"),
+            );
+        }
+        let Some(rule) = sa_rules
+            .into_iter()
+            .find(|r| r.roles.contains(&request.role))
+        else {
+            return deny(
+                DenyCode::Forbidden,
+                "role-not-allowed",
+                format!(
+                    "`{namespace}/{service_account}` may not connect as {}",
+                    request.role
+                ),
+            );
+        };
+        let mut attributes = vec![
+            ("namespace".to_string(), namespace.to_string()),
+            ("service-account".to_string(), service_account.to_string()),
+            ("service-account-uid".to_string(), status.user.uid.clone()),
+        ];
+        // The pod UID comes from the pod-uid extra, never from the ServiceAccount's UID.
+        for (attr, key) in [
+            ("pod-name", POD_NAME),
+            ("pod-uid", POD_UID),
+            ("node-name", NODE_NAME),
+        ] {
+            if let Some(v) = extra(&status, key) {
+                attributes.push((attr.to_string(), v.to_string()));
+            }
+        }
+        Decision::Allow(Identity {
+            subject: username.clone(),
+            method: METHOD.into(),
+            groups: status.user.groups.clone(),
+            attributes,
+            roles: rule.roles.clone(),
+            scopes: Vec::new(),
+            expires_at_ms: status.expires_at_ms,
+            skip_pairing: rule.skip_pairing,
+        })
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+trustgate_plugin_sdk::plugin!(K8sSaTrust);

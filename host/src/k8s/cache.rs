@@ -111,24 +111,6 @@ impl ReviewCache {
             slots.remove(&key);
             return;
         }
-        if slots.len() >= self.max_entries && !slots.contains_key(&key) {
-            let now = Instant::now();
-            slots.retain(|_, s| !matches!(s, Slot::Ready { until, .. } if *until <= now));
-            if slots.len() >= self.max_entries {
-                // Evict the entry closest to expiry.
-                let victim = slots
-                    .iter()
-                    .filter_map(|(k, s)| match s {
-                        Slot::Ready { until, .. } => Some((*until, *k)),
-                        Slot::InFlight(_) => None,
-                    })
-                    .min()
-                    .map(|(_, k)| k);
-                if let Some(k) = victim {
-                    slots.remove(&k);
-                }
-            }
-        }
         slots.insert(
             key,
             Slot::Ready {
@@ -136,6 +118,28 @@ impl ReviewCache {
                 until: Instant::now() + lifetime,
             },
         );
+        if slots.len() > self.max_entries {
+            let now = Instant::now();
+            slots.retain(|_, s| !matches!(s, Slot::Ready { until, .. } if *until <= now));
+        }
+        while slots.len() > self.max_entries {
+            // Evict the entry closest to expiry (never one in flight: others wait on it).
+            let victim = slots
+                .iter()
+                .filter(|(k, _)| **k != key)
+                .filter_map(|(k, s)| match s {
+                    Slot::Ready { until, .. } => Some((*until, *k)),
+                    Slot::InFlight(_) => None,
+                })
+                .min()
+                .map(|(_, k)| k);
+            match victim {
+                Some(k) => {
+                    slots.remove(&k);
+                }
+                None => break,
+            }
+        }
     }
 
     pub(super) async fn get_or_review<F, Fut>(

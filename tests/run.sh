@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # trustgate's whole test suite: the README's test command, and what CI runs.
-# Installs what it needs (the wasm32-wasip2 target, rustfmt, clippy) so a fresh machine passes.
+# Installs what it needs (the wasm32-wasip2 target, rustfmt, clippy, a Python venv with the
+# Helm library and Kubernetes schemas) so a fresh machine passes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "==> toolchain"
 rustup target add wasm32-wasip2
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+echo "==> python environment (deployment tests)"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install --quiet --disable-pip-version-check -r tests/deploy/requirements.txt
 
 echo "==> format"
 cargo fmt --all -- --check
@@ -16,3 +21,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "==> tests"
 cargo test --workspace --locked
+
+echo "==> deployment (Helm rendering, Kubernetes 1.37 strict schemas, policy, config check)"
+cargo build --locked -p trustgate
+TRUSTGATE_BIN="${CARGO_TARGET_DIR:-target}/debug/trustgate" .venv/bin/python -m pytest -q tests/deploy

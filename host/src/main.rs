@@ -393,7 +393,10 @@ async fn check_plugin(file: PathBuf, config: Option<PathBuf>) -> Result<()> {
 
 async fn check_config(file: Option<PathBuf>) -> Result<()> {
     let config = load_config(file.as_ref())?;
-    let runtime = plugin_runtime(config.runtime_options())?;
+    // A check compiles in memory: it must not create the cache directory a server would use.
+    let mut options = config.runtime_options();
+    options.cache_dir = None;
+    let runtime = plugin_runtime(options)?;
     let (_, plugins) = config.load_chain(&runtime).await?;
     let origin = file.map_or("<embedded default>".to_string(), |p| {
         p.display().to_string()

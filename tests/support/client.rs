@@ -34,7 +34,13 @@ pub struct WsClient {
 impl WsClient {
     /// Opens a connection to `url` and reads `connect.challenge`.
     pub async fn open(url: &str) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        Self::open_with(url, None).await
+    }
+
+    /// Like [`WsClient::open`], trusting the given TLS configuration for `wss://`.
+    pub async fn open_with(url: &str, tls: Option<std::sync::Arc<rustls::ClientConfig>>) -> Self {
+        let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector)
             .await
             .expect("ws connect");
         let mut c = Self {
@@ -51,6 +57,11 @@ impl WsClient {
             other => panic!("expected the challenge, got {other:?}"),
         }
         c
+    }
+
+    /// Closes the connection cleanly.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
     }
 
     /// Sends raw text.

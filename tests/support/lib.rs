@@ -72,6 +72,7 @@ pub fn spec(name: &str, path: &str, config: serde_json::Value) -> PluginSpec {
     }
 }
 
+pub mod bench;
 pub mod client;
 pub mod tls;
 

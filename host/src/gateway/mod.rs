@@ -102,6 +102,12 @@ impl GatewayState {
             .clone()
     }
 
+    /// Replaces the chain new handshakes use. Handshakes already running finish on the chain
+    /// they started with; live sessions are untouched.
+    pub fn swap_chain(&self, loaded: LoadedChain) {
+        *self.chain.write().unwrap_or_else(|p| p.into_inner()) = loaded;
+    }
+
     /// Live sessions.
     pub fn sessions(&self) -> &Sessions {
         &self.sessions

@@ -1,0 +1,489 @@
+//! Benchmark scenarios, shared by the `bench` binary (full runs written to BENCHMARKS.md) and
+//! the smoke tests (tiny runs in the test command that assert correctness, never speed).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde_json::json;
+use trustgate::k8s::{Kubernetes, Settings};
+use trustgate::plugin::{
+    AuthProvider, Chain, Decision, Denial, DenyCode, Identity, Outcome, PluginFailure,
+    PluginSource, PluginSpec, Request, Runtime, RuntimeOptions,
+};
+use trustgate_apiserver::{ApiServer, TokenRequest};
+
+use crate::client::{WsClient, connect_params};
+
+/// The audience every scenario uses.
+pub const AUDIENCE: &str = "trustgate";
+
+/// k8s-sa-trust's configuration in every scenario.
+pub fn k8s_config(mode: &str) -> serde_json::Value {
+    json!({
+        "mode": mode,
+        "audiences": [AUDIENCE],
+        "require_pod_binding": true,
+        "allow": [{"namespace": "workers", "service_account": "runner", "roles": ["worker"]}],
+    })
+}
+
+/// The allowlist's configuration in every scenario (admits the k8s identity).
+pub fn allowlist_config() -> serde_json::Value {
+    json!({"rules": [
+        {"effect": "deny", "cidr": "192.0.2.0/24"},
+        {"namespace": "work*", "roles": ["worker"]},
+    ]})
+}
+
+/// The gateway TOML of the two-plugin chain.
+pub fn chain_toml(mode: &str) -> String {
+    format!(
+        r#"[[auth.plugins]]
+builtin = "k8s-sa-trust"
+[auth.plugins.config]
+mode = "{mode}"
+audiences = ["{AUDIENCE}"]
+require_pod_binding = true
+[[auth.plugins.config.allow]]
+namespace = "workers"
+service_account = "runner"
+roles = ["worker"]
+
+[[auth.plugins]]
+builtin = "allowlist"
+[[auth.plugins.config.rules]]
+effect = "deny"
+cidr = "192.0.2.0/24"
+[[auth.plugins.config.rules]]
+namespace = "work*"
+roles = ["worker"]
+"#
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// The native baseline: the same two policies compiled into the host, behind the same trait.
+
+/// k8s-sa-trust, natively.
+pub struct NativeK8sTrust {
+    kube: Arc<Kubernetes>,
+    audiences: Vec<String>,
+}
+
+/// allowlist (the two rules of [`allowlist_config`]), natively.
+pub struct NativeAllowlist;
+
+fn forbidden(reason: &str) -> Decision {
+    Decision::Deny(Denial {
+        code: DenyCode::Forbidden,
+        reason: reason.into(),
+        message: String::new(),
+        retry_after_ms: None,
+    })
+}
+
+fn glob(p: &str, s: &str) -> bool {
+    match p.strip_suffix('*') {
+        Some(prefix) => s.starts_with(prefix),
+        None => p == s,
+    }
+}
+
+#[async_trait]
+impl AuthProvider for NativeK8sTrust {
+    fn name(&self) -> &str {
+        "k8s-sa-trust"
+    }
+
+    async fn authenticate(
+        &self,
+        request: &Request,
+        _so_far: Option<&Identity>,
+    ) -> Result<Decision, PluginFailure> {
+        if request.credentials.method != "k8s-sa-trust" {
+            return Ok(Decision::Abstain);
+        }
+        let Some(token) = &request.credentials.token else {
+            return Ok(forbidden("token-missing"));
+        };
+        let Ok((o, _)) = self.kube.review(token, &self.audiences).await else {
+            return Ok(forbidden("review-unavailable"));
+        };
+        if !o.authenticated || !o.audiences.iter().any(|a| self.audiences.contains(a)) {
+            return Ok(forbidden("token-rejected"));
+        }
+        let Some((ns, sa)) = o
+            .username
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|r| r.split_once(':'))
+        else {
+            return Ok(forbidden("not-a-service-account"));
+        };
+        let pod_uid = o.extra.get("authentication.kubernetes.io/pod-uid");
+        let pod_name = o.extra.get("authentication.kubernetes.io/pod-name");
+        if pod_uid.is_none() || pod_name.is_none() {
+            return Ok(forbidden("pod-binding-required"));
+        }
+        if ns != "workers" || sa != "runner" || request.role != "worker" {
+            return Ok(forbidden("not-allowed"));
+        }
+        let mut attributes = vec![
+            ("namespace".to_string(), ns.to_string()),
+            ("service-account".to_string(), sa.to_string()),
+            ("service-account-uid".to_string(), o.uid.clone()),
+        ];
+        for (k, v) in [("pod-name", pod_name), ("pod-uid", pod_uid)] {
+            if let Some(v) = v.and_then(|v| v.first()) {
+                attributes.push((k.to_string(), v.clone()));
+            }
+        }
+        Ok(Decision::Allow(Identity {
+            subject: o.username.clone(),
+            method: "k8s-sa-trust".into(),
+            groups: o.groups.clone(),
+            attributes,
+            roles: vec!["worker".into()],
+            scopes: vec![],
+            expires_at_ms: o.expires_at_ms,
+            skip_pairing: true,
+        }))
+    }
+}
+
+#[async_trait]
+impl AuthProvider for NativeAllowlist {
+    fn name(&self) -> &str {
+        "allowlist"
+    }
+
+    async fn authenticate(
+        &self,
+        request: &Request,
+        so_far: Option<&Identity>,
+    ) -> Result<Decision, PluginFailure> {
+        let ip: Option<std::net::IpAddr> = request
+            .peer
+            .remote_addr
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|a| a.ip());
+        if let Some(std::net::IpAddr::V4(v4)) = ip
+            && v4.octets()[..3] == [192, 0, 2]
+        {
+            return Ok(forbidden("denied-by-rule"));
+        }
+        let Some(id) = so_far else {
+            return Ok(Decision::Abstain);
+        };
+        let ns = id
+            .attributes
+            .iter()
+            .find(|(k, _)| k == "namespace")
+            .map(|(_, v)| v.as_str());
+        if ns.is_some_and(|ns| glob("work*", ns)) && request.role == "worker" {
+            Ok(Decision::Allow(id.clone()))
+        } else {
+            Ok(forbidden("not-allowlisted"))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// A test cluster and a Kubernetes client for it.
+pub struct Cluster {
+    /// The API server.
+    pub api: ApiServer,
+    /// Its kubeconfig's directory.
+    pub dir: tempfile::TempDir,
+    /// A kubeconfig path.
+    pub kubeconfig: std::path::PathBuf,
+}
+
+impl Cluster {
+    /// Starts an API server.
+    pub async fn start() -> Self {
+        let api = ApiServer::start().await.expect("api server");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kubeconfig = api.kubeconfig(dir.path()).expect("kubeconfig");
+        Self {
+            api,
+            dir,
+            kubeconfig,
+        }
+    }
+
+    /// A connected client with a long review cache.
+    pub async fn kube(&self) -> Arc<Kubernetes> {
+        Arc::new(
+            Kubernetes::connect(Settings {
+                kubeconfig: Some(self.kubeconfig.clone()),
+                cache_ttl: Duration::from_secs(3600),
+                ..Settings::default()
+            })
+            .await
+            .expect("kube client"),
+        )
+    }
+
+    /// A pod-bound worker token.
+    pub fn token(&self) -> String {
+        self.api
+            .token(&TokenRequest::new("workers", "runner", AUDIENCE))
+            .expect("token")
+            .0
+    }
+}
+
+/// A worker request carrying `token`.
+pub fn worker_request(token: &str) -> Request {
+    let mut r = crate::request("k8s-sa-trust", Some(token));
+    r.peer.remote_addr = "10.0.0.7:41000".into();
+    r
+}
+
+/// The WASM chain [k8s-sa-trust, allowlist] on a runtime whose host services are `kube`.
+pub async fn wasm_chain(kube: Arc<Kubernetes>, mode: &str) -> (Chain, Runtime) {
+    let rt = Runtime::new(
+        RuntimeOptions::default(),
+        Arc::new(trustgate::gateway::KubeServices(kube)),
+    )
+    .expect("runtime");
+    let specs = [
+        PluginSpec {
+            name: "k8s-sa-trust".into(),
+            source: PluginSource::Builtin("k8s-sa-trust".into()),
+            config: k8s_config(mode),
+        },
+        PluginSpec {
+            name: "allowlist".into(),
+            source: PluginSource::Builtin("allowlist".into()),
+            config: allowlist_config(),
+        },
+    ];
+    let (chain, _) = rt.load_chain(&specs).await.expect("chain");
+    (chain, rt)
+}
+
+/// The native chain.
+pub fn native_chain(kube: Arc<Kubernetes>) -> Chain {
+    Chain::new(vec![
+        Arc::new(NativeK8sTrust {
+            kube,
+            audiences: vec![AUDIENCE.into()],
+        }),
+        Arc::new(NativeAllowlist),
+    ])
+}
+
+/// Result of the decision-cost benchmark for one chain.
+#[derive(Debug, Clone)]
+pub struct DecisionReport {
+    /// Median ns per decision, single-threaded.
+    pub median_ns: f64,
+    /// Decisions per second with all cores.
+    pub per_second_all_cores: f64,
+    /// Decisions made in total (all allowed).
+    pub decisions: u64,
+}
+
+fn allowed(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Allowed(id) if id.subject == "system:serviceaccount:workers:runner")
+}
+
+/// Single-threaded: `batches` batches of `batch` decisions, median per-decision time.
+pub async fn decision_single(
+    chain: &Chain,
+    request: &Request,
+    batches: usize,
+    batch: usize,
+) -> (f64, u64) {
+    let mut per = Vec::with_capacity(batches);
+    let mut n = 0;
+    for _ in 0..batches {
+        let started = Instant::now();
+        for _ in 0..batch {
+            let v = chain.evaluate(request).await;
+            assert!(allowed(&v.outcome), "{:?}", v.outcome);
+            n += 1;
+        }
+        per.push(started.elapsed().as_nanos() as f64 / batch as f64);
+    }
+    per.sort_by(|a, b| a.total_cmp(b));
+    (per[per.len() / 2], n)
+}
+
+/// All cores: `tasks` concurrent tasks each making `each` decisions; decisions per second.
+pub async fn decision_parallel(
+    chain: Arc<Chain>,
+    request: Request,
+    tasks: usize,
+    each: usize,
+) -> (f64, u64) {
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (chain, request) = (chain.clone(), request.clone());
+        handles.push(tokio::spawn(async move {
+            for _ in 0..each {
+                let v = chain.evaluate(&request).await;
+                assert!(allowed(&v.outcome), "{:?}", v.outcome);
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("task");
+    }
+    let n = (tasks * each) as u64;
+    (n as f64 / started.elapsed().as_secs_f64(), n)
+}
+
+/// Handshake benchmark result.
+#[derive(Debug, Clone)]
+pub struct HandshakeReport {
+    /// Completed handshakes.
+    pub handshakes: u64,
+    /// Per second.
+    pub per_second: f64,
+    /// Median latency.
+    pub p50: Duration,
+    /// 99th percentile latency.
+    pub p99: Duration,
+}
+
+/// `clients` concurrent clients doing connect → hello-ok → close until `total` handshakes.
+pub async fn handshakes(
+    url: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    token: &str,
+    clients: usize,
+    total: usize,
+) -> HandshakeReport {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..clients {
+        let (url, tls, token, next) = (
+            url.to_string(),
+            tls.clone(),
+            token.to_string(),
+            next.clone(),
+        );
+        handles.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
+                let t = Instant::now();
+                let mut c = WsClient::open_with(&url, tls.clone()).await;
+                let res = c
+                    .connect(connect_params(
+                        "worker",
+                        Some(json!({"method": "k8s-sa-trust", "token": token})),
+                        None,
+                    ))
+                    .await;
+                assert_eq!(res["ok"], true, "{res}");
+                latencies.push(t.elapsed());
+                c.close().await;
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.expect("client"));
+    }
+    let elapsed = started.elapsed();
+    all.sort();
+    HandshakeReport {
+        handshakes: all.len() as u64,
+        per_second: all.len() as f64 / elapsed.as_secs_f64(),
+        p50: all[all.len() / 2],
+        p99: all[(all.len() * 99 / 100).min(all.len() - 1)],
+    }
+}
+
+/// Join-storm result.
+#[derive(Debug, Clone)]
+pub struct StormReport {
+    /// Workers connected.
+    pub connected: usize,
+    /// Time until all were connected.
+    pub elapsed: Duration,
+    /// TokenReview calls the API server received.
+    pub reviews: u64,
+    /// Key-set fetches.
+    pub jwks_fetches: u64,
+}
+
+/// `workers` connect at once with `tokens` distinct tokens; returns once all are connected
+/// (their connections stay open until the returned clients are dropped).
+pub async fn join_storm(url: &str, tokens: &[String], workers: usize) -> (Duration, Vec<WsClient>) {
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for i in 0..workers {
+        let (url, token) = (url.to_string(), tokens[i % tokens.len()].clone());
+        handles.push(tokio::spawn(async move {
+            let mut c = WsClient::open(&url).await;
+            let res = c
+                .connect(connect_params(
+                    "worker",
+                    Some(json!({"method": "k8s-sa-trust", "token": token})),
+                    None,
+                ))
+                .await;
+            assert_eq!(res["ok"], true, "{res}");
+            c
+        }));
+    }
+    let mut clients = Vec::new();
+    for h in handles {
+        clients.push(h.await.expect("worker"));
+    }
+    (started.elapsed(), clients)
+}
+
+/// Plugin load result for one plugin.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    /// Built-in name.
+    pub plugin: String,
+    /// Component size.
+    pub size: usize,
+    /// Cold compile (cache miss) time.
+    pub cold: Duration,
+    /// Cached load time (best of `runs`).
+    pub cached: Duration,
+}
+
+/// Cold compile and cached load of a built-in plugin (median of `runs` cached loads).
+pub fn plugin_load(name: &str, runs: usize) -> LoadReport {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bytes = trustgate::plugin::builtin(name).expect("builtin");
+    let options = RuntimeOptions {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..RuntimeOptions::default()
+    };
+    let services: Arc<dyn trustgate::plugin::HostServices> =
+        Arc::new(trustgate::plugin::NoKubernetes);
+    let rt = Runtime::new(options.clone(), services.clone()).expect("runtime");
+    let t = Instant::now();
+    let c = rt.compile(name, bytes).expect("compile");
+    let cold = t.elapsed();
+    assert_eq!(c.cache(), trustgate::plugin::CacheOutcome::Miss);
+    let mut cached = Vec::new();
+    for _ in 0..runs {
+        let rt = Runtime::new(options.clone(), services.clone()).expect("runtime");
+        let t = Instant::now();
+        let c = rt.compile(name, bytes).expect("load");
+        cached.push(t.elapsed());
+        assert_eq!(c.cache(), trustgate::plugin::CacheOutcome::Hit);
+    }
+    cached.sort();
+    LoadReport {
+        plugin: name.into(),
+        size: bytes.len(),
+        cold,
+        cached: cached[cached.len() / 2],
+    }
+}

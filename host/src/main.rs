@@ -189,9 +189,17 @@ fn load_config(file: Option<&PathBuf>) -> Result<Config> {
     })
 }
 
-async fn serve(config: Option<PathBuf>) -> Result<()> {
-    let config = load_config(config.as_ref())?;
+async fn serve(config_path: Option<PathBuf>) -> Result<()> {
+    let config = load_config(config_path.as_ref())?;
     let running = trustgate::gateway::start(&config).await?;
+    if let Some(path) = config_path {
+        // SIGHUP or a change of the file reloads the auth chain.
+        tokio::spawn(
+            running
+                .reloader()
+                .watch(path, std::time::Duration::from_secs(2)),
+        );
+    }
     let scheme = if running.tls { "wss" } else { "ws" };
     eprintln!(
         "trustgate {} serving {scheme}://{} (admin http://{}) with {} ({} plugins)",

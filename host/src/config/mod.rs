@@ -40,6 +40,9 @@ pub struct Config {
     /// `not-configured` from those host calls.
     #[serde(default)]
     pub kubernetes: Option<KubernetesSection>,
+    /// The audit log.
+    #[serde(default)]
+    pub audit: AuditSection,
     /// Sandbox limits and the compile cache.
     #[serde(default)]
     pub plugins: PluginsSection,
@@ -175,6 +178,22 @@ impl Default for KubernetesSection {
             cache_max_entries: d.cache_max_entries,
             jwks_min_refresh_ms: d.jwks_min_refresh.as_millis() as u64,
             issuer: None,
+        }
+    }
+}
+
+/// `[audit]`: one JSON line per authentication decision.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// `stdout`, `off`, or a file path (appended; relative to the config file).
+    pub output: String,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            output: "off".into(),
         }
     }
 }
@@ -525,6 +544,15 @@ impl Config {
             jwks_min_refresh: Duration::from_millis(k.jwks_min_refresh_ms),
             issuer: k.issuer.clone(),
         })
+    }
+
+    /// The audit log destination, resolved.
+    pub fn audit_output(&self) -> crate::gateway::AuditOutput {
+        match self.audit.output.as_str() {
+            "off" | "" => crate::gateway::AuditOutput::Off,
+            "stdout" | "-" => crate::gateway::AuditOutput::Stdout,
+            path => crate::gateway::AuditOutput::File(self.resolve(Path::new(path))),
+        }
     }
 
     /// Where this configuration came from (a path or `<embedded default>`).

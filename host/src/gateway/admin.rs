@@ -23,6 +23,7 @@ pub(crate) async fn serve(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .route("/api/pairing", get(list_pairing))
         .route("/api/pairing/{id}/approve", post(approve))
         .route("/api/pairing/{id}/reject", post(reject))
@@ -37,6 +38,17 @@ pub(crate) async fn serve(
     {
         tracing::error!(error = %e, "admin listener failed");
     }
+}
+
+async fn metrics(State(state): State<Arc<GatewayState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
 }
 
 async fn ready(State(state): State<Arc<GatewayState>>) -> Response {

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::GatewayState;
 use super::pairing::DeviceRecord;
-use crate::plugin::{Credentials, DenyCode, Device, Identity, Outcome, Peer, Request};
+use crate::plugin::{Credentials, DenyCode, Device, Identity, Outcome, Peer, Request, StepKind};
 use crate::protocol::{AuthParams, ClientInfo, ErrorBody, ErrorCode, Pairing, Role};
 
 use crate::protocol::DEVICE_TOKEN_METHOD as DEVICE_METHOD;
@@ -31,6 +31,8 @@ pub(crate) struct Attempt<'a> {
 /// A successful authentication.
 #[derive(Debug, Clone)]
 pub(crate) struct Authenticated {
+    /// The plugin that established the identity (`gateway` for a paired device).
+    pub plugin: Option<String>,
     pub identity: Identity,
     pub role: Role,
     pub scopes: Vec<String>,
@@ -44,6 +46,8 @@ pub(crate) struct Refusal {
     pub error: ErrorBody,
     /// The real cause, for the log (never a secret).
     pub cause: String,
+    /// The plugin that denied or failed, if one did.
+    pub plugin: Option<String>,
 }
 
 impl Refusal {
@@ -52,6 +56,7 @@ impl Refusal {
         Self {
             error: ErrorBody::new(code, message.clone()).with_details(json!({ "reason": reason })),
             cause: message,
+            plugin: None,
         }
     }
 }
@@ -156,6 +161,17 @@ pub(crate) async fn authenticate(
     let verdict = chain
         .evaluate_with(&request, seeded.as_ref().map(|(r, _)| device_identity(r)))
         .await;
+    let (deny, failure) = match &verdict.outcome {
+        Outcome::Denied { denial, .. } => (Some(deny_code(denial.code).as_str()), None),
+        Outcome::Failed { failure, .. } => (None, Some(failure.cause())),
+        _ => (None, None),
+    };
+    state.metrics.record_steps(&verdict.steps, deny, failure);
+    let first_allow = verdict
+        .steps
+        .iter()
+        .find(|s| s.kind == StepKind::Allow)
+        .map(|s| s.plugin.clone());
     let identity = match verdict.outcome {
         Outcome::Allowed(identity) => identity,
         Outcome::Denied { plugin, denial } => {
@@ -172,6 +188,7 @@ pub(crate) async fn authenticate(
                     "plugin `{plugin}` denied ({}): {}",
                     denial.reason, denial.message
                 ),
+                plugin: Some(plugin),
             });
         }
         Outcome::Failed { plugin, failure } => {
@@ -182,6 +199,7 @@ pub(crate) async fn authenticate(
                 )
                 .with_details(json!({ "plugin": plugin, "reason": failure.cause() })),
                 cause: format!("plugin `{plugin}` {failure}"),
+                plugin: Some(plugin),
             });
         }
         Outcome::NoDecision => {
@@ -206,6 +224,7 @@ pub(crate) async fn authenticate(
                             "expiresAtMs": pending.expires_at_ms,
                         })),
                         cause: format!("device {id} not paired (request {})", pending.request_id),
+                        plugin: None,
                     }
                 }
                 _ if method == "none" => Refusal::new(
@@ -252,6 +271,7 @@ pub(crate) async fn authenticate(
                     error: ErrorBody::new(ErrorCode::Unavailable, "pairing store unavailable")
                         .with_retry_after(Some(1_000)),
                     cause: e.to_string(),
+                    plugin: None,
                 })?
             };
             (Pairing::Paired, token)
@@ -283,6 +303,7 @@ pub(crate) async fn authenticate(
                             "{} needs pairing; device {id} not paired (request {})",
                             identity.subject, pending.request_id
                         ),
+                        plugin: None,
                     });
                 }
             },
@@ -298,7 +319,10 @@ pub(crate) async fn authenticate(
             }
         },
     };
+    let plugin =
+        first_allow.or_else(|| (pairing == Pairing::Paired).then(|| "gateway".to_string()));
     Ok(Authenticated {
+        plugin,
         role: attempt.role,
         scopes: attempt.scopes.to_vec(),
         identity,

@@ -194,6 +194,44 @@ where
         let _ = self.sink.close().await;
     }
 
+    /// Records one authentication decision in the metrics (connect only) and the audit log.
+    #[allow(clippy::too_many_arguments)] // one record's fields
+    fn record(
+        &self,
+        event: &str,
+        started: std::time::Instant,
+        method: &str,
+        role: Role,
+        subject: Option<&str>,
+        error: Option<&ErrorBody>,
+        plugin: Option<&str>,
+    ) {
+        let seconds = started.elapsed().as_secs_f64();
+        if event == "connect" {
+            self.state
+                .metrics
+                .record_handshake(error.map_or("ok", |e| e.code.as_str()), seconds);
+        }
+        let reason = error
+            .and_then(|e| e.details.as_ref())
+            .and_then(|d| d.get("reason"))
+            .and_then(Value::as_str);
+        self.state.audit.record(&super::AuditRecord {
+            ts: now_ms(),
+            event,
+            conn_id: &self.conn_id,
+            peer: self.remote.to_string(),
+            method,
+            role: role.as_str(),
+            subject,
+            decision: if error.is_none() { "allow" } else { "deny" },
+            code: error.map(|e| e.code.as_str()),
+            reason,
+            plugin,
+            duration_ms: seconds * 1000.0,
+        });
+    }
+
     async fn fail(&mut self, id: &str, error: ErrorBody, close: CloseCode) {
         let reason = format!("{}: {}", error.code, error.message);
         self.send_json(&ResponseFrame::err(id, error)).await;
@@ -273,6 +311,12 @@ where
                 return None;
             }
         };
+        let started = std::time::Instant::now();
+        let method = params
+            .auth
+            .as_ref()
+            .map_or("none", |a| a.method.as_str())
+            .to_string();
         if params.min_protocol > PROTOCOL_VERSION || params.max_protocol < PROTOCOL_VERSION {
             let e = ErrorBody::new(
                 ErrorCode::ProtocolMismatch,
@@ -282,6 +326,15 @@ where
                 ),
             )
             .with_details(json!({"supported": [PROTOCOL_VERSION]}));
+            self.record(
+                "connect",
+                started,
+                &method,
+                params.role,
+                None,
+                Some(&e),
+                None,
+            );
             self.fail(&frame.id, e, CloseCode::PROTOCOL_ERROR).await;
             return None;
         }
@@ -334,6 +387,15 @@ where
             Ok(a) => a,
             Err(refusal) => {
                 info!(code = %refusal.error.code, cause = %refusal.cause, "connect refused");
+                self.record(
+                    "connect",
+                    started,
+                    &method,
+                    params.role,
+                    None,
+                    Some(&refusal.error),
+                    refusal.plugin.as_deref(),
+                );
                 let close = refusal.error.code.close_code();
                 self.fail(&frame.id, refusal.error, close).await;
                 return None;
@@ -361,6 +423,15 @@ where
                 tick_interval_ms: self.state.limits.tick_interval.as_millis() as u64,
             },
         };
+        self.record(
+            "connect",
+            started,
+            &method,
+            params.role,
+            Some(&auth.identity.subject),
+            None,
+            auth.plugin.as_deref(),
+        );
         let payload = serde_json::to_value(&hello).unwrap_or(Value::Null);
         if !self.send_json(&ResponseFrame::ok(&frame.id, payload)).await {
             return None;
@@ -640,10 +711,32 @@ where
             device,
             issue_token: false,
         };
-        let fresh = authenticate(&self.state, &attempt).await.map_err(|r| {
-            info!(code = %r.error.code, cause = %r.cause, "reauth refused");
-            r.error
-        })?;
+        let started = std::time::Instant::now();
+        let fresh = match authenticate(&self.state, &attempt).await {
+            Ok(f) => f,
+            Err(r) => {
+                info!(code = %r.error.code, cause = %r.cause, "reauth refused");
+                self.record(
+                    "reauth",
+                    started,
+                    &p.auth.method,
+                    auth.role,
+                    None,
+                    Some(&r.error),
+                    r.plugin.as_deref(),
+                );
+                return Err(r.error);
+            }
+        };
+        self.record(
+            "reauth",
+            started,
+            &p.auth.method,
+            auth.role,
+            Some(&fresh.identity.subject),
+            None,
+            fresh.plugin.as_deref(),
+        );
         if fresh.identity.subject != auth.identity.subject {
             warn!(old = %auth.identity.subject, new = %fresh.identity.subject, "reauth with another subject refused");
             return Err(ErrorBody::new(

@@ -2,10 +2,13 @@
 //! session registry behind a WebSocket listener and an admin HTTP listener.
 
 mod admin;
+mod audit;
 mod auth;
 mod conn;
 mod kube_services;
+pub mod metrics;
 pub mod pairing;
+mod reload;
 pub mod sessions;
 
 use std::net::SocketAddr;
@@ -18,8 +21,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+pub use audit::{Audit, AuditOutput, AuditRecord};
 pub use kube_services::KubeServices;
+pub use metrics::Metrics;
 pub use pairing::{DeviceRecord, PairingError, PairingStore, PendingRequest};
+pub use reload::Reloader;
 pub use sessions::{SessionInfo, Sessions};
 
 use crate::config::{Config, ConfigError};
@@ -73,6 +79,8 @@ pub struct GatewayState {
     pub(crate) connections: AtomicUsize,
     chain: RwLock<LoadedChain>,
     admin_token: String,
+    pub(crate) metrics: Metrics,
+    pub(crate) audit: Audit,
 }
 
 impl std::fmt::Debug for GatewayState {
@@ -108,6 +116,11 @@ impl GatewayState {
         *self.chain.write().unwrap_or_else(|p| p.into_inner()) = loaded;
     }
 
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Live sessions.
     pub fn sessions(&self) -> &Sessions {
         &self.sessions
@@ -134,6 +147,9 @@ pub enum StartError {
     /// TLS material could not be loaded.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The audit log could not be opened.
+    #[error("audit log: {0}")]
+    Audit(std::io::Error),
     /// The admin token file could not be read or created.
     #[error("admin token file {path}: {source}")]
     AdminToken {
@@ -165,8 +181,8 @@ pub struct Running {
     pub tls: bool,
     /// Shared state (sessions, pairing, chain).
     pub state: Arc<GatewayState>,
-    /// The plugin runtime (kept alive for reloads).
-    pub runtime: Arc<Runtime>,
+    /// What plugins' host calls reach (kept for reloads).
+    services: Arc<dyn HostServices>,
     /// The Kubernetes client, if configured.
     pub kubernetes: Option<Arc<crate::k8s::Kubernetes>>,
     stop: watch::Sender<bool>,
@@ -183,6 +199,14 @@ impl std::fmt::Debug for Running {
 }
 
 impl Running {
+    /// A handle to reload the auth chain.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            state: self.state.clone(),
+            services: self.services.clone(),
+        }
+    }
+
     /// Stops accepting connections and waits for the listeners to end. Live sessions end
     /// when their tasks notice the listener is gone or their peers disconnect.
     pub async fn shutdown(mut self) {
@@ -225,11 +249,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     match config.kubernetes_settings() {
         Some(settings) => {
             let kube = Arc::new(crate::k8s::Kubernetes::connect(settings).await?);
-            let mut running = start_with(config, Arc::new(KubeServices(kube.clone()))).await?;
-            running.kubernetes = Some(kube);
-            Ok(running)
+            start_inner(config, Arc::new(KubeServices(kube.clone())), Some(kube)).await
         }
-        None => start_with(config, Arc::new(NoKubernetes)).await,
+        None => start_inner(config, Arc::new(NoKubernetes), None).await,
     }
 }
 
@@ -238,8 +260,16 @@ pub async fn start_with(
     config: &Config,
     services: Arc<dyn HostServices>,
 ) -> Result<Running, StartError> {
+    start_inner(config, services, None).await
+}
+
+async fn start_inner(
+    config: &Config,
+    services: Arc<dyn HostServices>,
+    kubernetes: Option<Arc<crate::k8s::Kubernetes>>,
+) -> Result<Running, StartError> {
     crate::tls::install_crypto_provider();
-    let runtime = Arc::new(Runtime::new(config.runtime_options(), services)?);
+    let runtime = Runtime::new(config.runtime_options(), services.clone())?;
     let (chain, plugins) = config.load_chain(&runtime).await?;
     let pairing = PairingStore::open(
         &config.pairing_store(),
@@ -260,7 +290,12 @@ pub async fn start_with(
             plugins,
         }),
         admin_token,
+        metrics: Metrics::new(),
+        audit: Audit::open(&config.audit_output()).map_err(StartError::Audit)?,
     });
+    state
+        .metrics
+        .collect_from(Arc::downgrade(&state), kubernetes.clone());
     let ws = TcpListener::bind(config.gateway.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -292,8 +327,8 @@ pub async fn start_with(
         admin_addr,
         tls,
         state,
-        runtime,
-        kubernetes: None,
+        services,
+        kubernetes,
         stop,
         tasks,
     })

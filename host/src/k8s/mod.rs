@@ -149,6 +149,16 @@ pub struct Stats {
     pub coalesced: AtomicU64,
     /// JWKS refreshes.
     pub jwks_refreshes: AtomicU64,
+    /// Completed reviews that accepted the token.
+    pub reviews_authenticated: AtomicU64,
+    /// Completed reviews that rejected the token.
+    pub reviews_rejected: AtomicU64,
+    /// Reviews that failed: API unavailable.
+    pub reviews_unavailable: AtomicU64,
+    /// Reviews that failed: the gateway's credentials were refused.
+    pub reviews_forbidden: AtomicU64,
+    /// Reviews that failed otherwise.
+    pub reviews_failed: AtomicU64,
 }
 
 /// A connected Kubernetes client with its review cache and key set.
@@ -254,8 +264,23 @@ impl Kubernetes {
             .cache
             .get_or_review(token, audiences, fresh, || async {
                 self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
-                review::token_review(&self.client, token, audiences, &self.settings, &self.stats)
-                    .await
+                let result = review::token_review(
+                    &self.client,
+                    token,
+                    audiences,
+                    &self.settings,
+                    &self.stats,
+                )
+                .await;
+                let counter = match &result {
+                    Ok(o) if o.authenticated => &self.stats.reviews_authenticated,
+                    Ok(_) => &self.stats.reviews_rejected,
+                    Err(ReviewFailure::Unavailable { .. }) => &self.stats.reviews_unavailable,
+                    Err(ReviewFailure::Forbidden(_)) => &self.stats.reviews_forbidden,
+                    Err(ReviewFailure::Failed(_)) => &self.stats.reviews_failed,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                result
             })
             .await;
         match &result {

@@ -1,5 +1,7 @@
 //! The `trustgate` command line.
 
+mod demo;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -42,6 +44,16 @@ enum Command {
     /// Manage device pairing through the gateway's admin API.
     #[command(subcommand)]
     Devices(DevicesCommand),
+    /// Run a local demonstration: a development cluster issuer, a gateway, Kubernetes workers,
+    /// a denied intruder, and a device paired by an automatic operator. Exits 0 on success.
+    Demo {
+        /// Where the local issuer keeps its signing key.
+        #[arg(long, default_value = "trustgate-dev")]
+        dir: PathBuf,
+    },
+    /// Development helpers around the local cluster issuer.
+    #[command(subcommand)]
+    Dev(DevCommand),
     /// Work with plugin components.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -64,6 +76,37 @@ enum PluginCommand {
         /// A TOML file holding the plugin's configuration table.
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevCommand {
+    /// Mint a ServiceAccount token from the local issuer (the one `demo` and `dev cluster` use).
+    Token {
+        /// Namespace.
+        #[arg(long)]
+        namespace: String,
+        /// ServiceAccount name.
+        #[arg(long)]
+        service_account: String,
+        /// Audience.
+        #[arg(long, default_value = demo::AUDIENCE)]
+        audience: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// The issuer's directory.
+        #[arg(long, default_value = "trustgate-dev")]
+        dir: PathBuf,
+    },
+    /// Run the local cluster issuer (TokenReview, OIDC discovery, JWKS) and write a kubeconfig.
+    Cluster {
+        /// The issuer's directory (signing key, kubeconfig).
+        #[arg(long, default_value = "trustgate-dev")]
+        dir: PathBuf,
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: std::net::SocketAddr,
     },
 }
 
@@ -140,6 +183,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve { .. } | Command::Worker(_) => "info",
+        Command::Demo { .. } => "error",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRUSTGATE_LOG")
@@ -172,6 +216,21 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Serve { config } => serve(config).await,
         Command::Worker(args) => worker(args).await,
         Command::Devices(cmd) => devices(cmd).await,
+        Command::Demo { dir } => demo::run(&dir).await,
+        Command::Dev(DevCommand::Token {
+            namespace,
+            service_account,
+            audience,
+            ttl,
+            dir,
+        }) => {
+            println!(
+                "{}",
+                demo::token(&dir, &namespace, &service_account, &audience, ttl)?
+            );
+            Ok(())
+        }
+        Command::Dev(DevCommand::Cluster { dir, listen }) => demo::cluster(&dir, listen).await,
         Command::Plugin(PluginCommand::Inspect { file }) => inspect(file),
         Command::Plugin(PluginCommand::Check { file, config }) => check_plugin(file, config).await,
         Command::Config(ConfigCommand::Check { file }) => check_config(file).await,

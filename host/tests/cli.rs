@@ -140,3 +140,58 @@ fn config_check_names_file_key_and_line_of_a_typo() {
         "{err}"
     );
 }
+
+#[test]
+fn demo_runs_end_to_end_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_trustgate"))
+        .args(["demo", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run demo");
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("4 workers connected"), "{stdout}");
+    assert!(stdout.contains("namespace-not-allowed"), "{stdout}");
+    assert!(stdout.contains("pairing Paired"), "{stdout}");
+    assert!(
+        stdout.contains("trustgate_handshakes_total{result=\"ok\"} 0 → 5"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn dev_token_mints_a_service_account_token_from_the_local_issuer() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mint = || {
+        let out = trustgate(&[
+            "dev",
+            "token",
+            "--namespace",
+            "team-a",
+            "--service-account",
+            "builder",
+            "--audience",
+            "my-gateway",
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout).trim().to_string()
+    };
+    let first = mint();
+    let payload = first.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["sub"], "system:serviceaccount:team-a:builder");
+    assert_eq!(claims["aud"], serde_json::json!(["my-gateway"]));
+    assert_eq!(claims["kubernetes.io"]["namespace"], "team-a");
+    // the same issuer key signs the next token
+    let header = |t: &str| t.split('.').next().unwrap().to_string();
+    assert_eq!(header(&first), header(&mint()));
+}

@@ -23,7 +23,30 @@ pub(crate) struct SigningKey {
 
 impl SigningKey {
     pub(crate) fn generate() -> anyhow::Result<Self> {
-        let private = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048)?;
+        Self::from_private(rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048)?)
+    }
+
+    /// Loads the key in `path` (PKCS#1 PEM), creating it on first use.
+    pub(crate) fn persistent(path: &std::path::Path) -> anyhow::Result<Self> {
+        use rsa::pkcs1::DecodeRsaPrivateKey;
+        match std::fs::read_to_string(path) {
+            Ok(pem) => Self::from_private(rsa::RsaPrivateKey::from_pkcs1_pem(&pem)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let private = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048)?;
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                std::fs::write(
+                    path,
+                    private.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF)?.as_bytes(),
+                )?;
+                Self::from_private(private)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn from_private(private: rsa::RsaPrivateKey) -> anyhow::Result<Self> {
         let public = private.to_public_key();
         let der = public.to_pkcs1_der()?;
         let kid = hex::encode(&sha2_256(der.as_bytes())[..16]);
@@ -110,10 +133,13 @@ pub(crate) struct Issuer {
     pub api_audiences: Vec<String>,
     /// Newest last; all of them are published and accepted.
     pub keys: Vec<SigningKey>,
-    /// `ns/name` → uid of pods that exist.
+    /// `ns/name` → uid of pods this issuer bound tokens to.
     pub pods: HashMap<String, String>,
-    /// `ns/name` → uid of ServiceAccounts that exist.
+    /// `ns/name` → uid of ServiceAccounts this issuer minted for.
     pub service_accounts: HashMap<String, String>,
+    /// Pods deleted since (`ns/name`): their tokens are invalidated. Objects the issuer has not
+    /// seen (tokens minted by another process with the same key) count as existing.
+    pub deleted_pods: std::collections::HashSet<String>,
 }
 
 fn uid() -> String {
@@ -171,13 +197,14 @@ pub(crate) fn now_s() -> u64 {
 }
 
 impl Issuer {
-    pub(crate) fn new(issuer: String) -> anyhow::Result<Self> {
+    pub(crate) fn new(issuer: String, key: SigningKey) -> anyhow::Result<Self> {
         Ok(Self {
             api_audiences: vec![issuer.clone()],
             issuer,
-            keys: vec![SigningKey::generate()?],
+            keys: vec![key],
             pods: HashMap::new(),
             service_accounts: HashMap::new(),
+            deleted_pods: std::collections::HashSet::new(),
         })
     }
 
@@ -285,13 +312,20 @@ impl Issuer {
         }
         let ns = &claims.kubernetes.namespace;
         let sa = &claims.kubernetes.serviceaccount;
-        if self.service_accounts.get(&format!("{ns}/{}", sa.name)) != Some(&sa.uid) {
-            return reject("service account token has been invalidated");
-        }
-        if let Some(pod) = &claims.kubernetes.pod
-            && self.pods.get(&format!("{ns}/{}", pod.name)) != Some(&pod.uid)
+        if self
+            .service_accounts
+            .get(&format!("{ns}/{}", sa.name))
+            .is_some_and(|uid| *uid != sa.uid)
         {
             return reject("service account token has been invalidated");
+        }
+        if let Some(pod) = &claims.kubernetes.pod {
+            let key = format!("{ns}/{}", pod.name);
+            if self.deleted_pods.contains(&key)
+                || self.pods.get(&key).is_some_and(|uid| *uid != pod.uid)
+            {
+                return reject("service account token has been invalidated");
+            }
         }
         Review::Authenticated {
             claims: Box::new(claims),

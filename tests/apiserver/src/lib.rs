@@ -89,6 +89,13 @@ impl std::fmt::Debug for ApiServer {
     }
 }
 
+/// Mints a token with the signing key in `key_file` (created if missing), without a server:
+/// what `trustgate dev token` does. A server started with the same key file accepts it.
+pub fn mint_offline(key_file: &Path, request: &TokenRequest) -> anyhow::Result<(String, Claims)> {
+    let key = SigningKey::persistent(key_file)?;
+    Issuer::new(DEFAULT_ISSUER.to_string(), key)?.mint(request)
+}
+
 fn random_token(prefix: &str) -> String {
     let b: [u8; 24] = rand::random();
     format!("{prefix}{}", hex::encode(b))
@@ -117,8 +124,18 @@ impl ApiServer {
         Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
     }
 
-    /// Starts a server on `addr`.
+    /// Starts a server on `addr` with a fresh signing key.
     pub async fn start_on(addr: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_with(addr, None).await
+    }
+
+    /// Starts a server on `addr`; with `key_file`, the issuer's signing key is loaded from (or
+    /// created in) that file, so tokens minted with [`mint_offline`] by another process validate.
+    pub async fn start_with(addr: SocketAddr, key_file: Option<&Path>) -> anyhow::Result<Self> {
+        let signing_key = match key_file {
+            Some(path) => SigningKey::persistent(path)?,
+            None => SigningKey::generate()?,
+        };
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -153,7 +170,7 @@ impl ApiServer {
         let addr = listener.local_addr()?;
         let url = format!("https://127.0.0.1:{}", addr.port());
         let shared = Arc::new(Shared {
-            issuer: Mutex::new(Issuer::new(DEFAULT_ISSUER.to_string())?),
+            issuer: Mutex::new(Issuer::new(DEFAULT_ISSUER.to_string(), signing_key)?),
             reviewer_token: random_token("reviewer-"),
             unprivileged_token: random_token("nobody-"),
             url,
@@ -279,12 +296,12 @@ impl ApiServer {
         self.lock_issuer().mint(request)
     }
 
-    /// Deletes a pod: tokens bound to it stop validating.
+    /// Deletes a pod: tokens bound to it stop validating. Returns whether the pod was known.
     pub fn delete_pod(&self, namespace: &str, name: &str) -> bool {
-        self.lock_issuer()
-            .pods
-            .remove(&format!("{namespace}/{name}"))
-            .is_some()
+        let key = format!("{namespace}/{name}");
+        let mut issuer = self.lock_issuer();
+        issuer.deleted_pods.insert(key.clone());
+        issuer.pods.remove(&key).is_some()
     }
 
     /// Adds a new signing key; new tokens use it. With `retire_old`, older keys are dropped

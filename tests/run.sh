@@ -9,6 +9,12 @@ echo "==> toolchain"
 rustup target add wasm32-wasip2
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+echo "==> headless browser (operator page test)"
+if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 echo "==> python environment (deployment tests)"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/deploy/requirements.txt

@@ -28,6 +28,8 @@ pub(crate) async fn serve(
         .route("/api/pairing/{id}/approve", post(approve))
         .route("/api/pairing/{id}/reject", post(reject))
         .route("/api/sessions", get(list_sessions))
+        .route("/api/overview", get(overview))
+        .route("/ui", get(ui))
         .with_state(state);
     let shutdown = async move {
         let _ = stop.changed().await;
@@ -140,6 +142,47 @@ async fn reject(
         }
         Err(e) => pairing_failure(&e),
     }
+}
+
+/// The operator page: a static shell; its data comes from `/api/overview` with the admin token
+/// the operator types in, so the page itself holds no secret and needs no external assets.
+async fn ui() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        include_str!("ui.html"),
+    )
+        .into_response()
+}
+
+async fn overview(State(state): State<Arc<GatewayState>>, headers: HeaderMap) -> Response {
+    if let Some(r) = unauthorized(&state, &headers) {
+        return r;
+    }
+    use std::sync::atomic::Ordering::Relaxed;
+    let plugins: Vec<_> = state
+        .plugins()
+        .iter()
+        .map(|p| {
+            let s = p.stats();
+            json!({
+                "name": p.name(),
+                "sha256": p.sha256(),
+                "calls": s.calls.load(Relaxed),
+                "denials": s.denials.load(Relaxed),
+                "failures": s.failures.load(Relaxed),
+                "p99Us": s.p99_us(),
+            })
+        })
+        .collect();
+    axum::Json(json!({
+        "sessions": state.sessions.list(),
+        "plugins": plugins,
+        "pending": state.pairing.pending(),
+    }))
+    .into_response()
 }
 
 async fn list_sessions(State(state): State<Arc<GatewayState>>, headers: HeaderMap) -> Response {

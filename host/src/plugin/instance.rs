@@ -19,15 +19,72 @@ struct Slot {
     bindings: AuthPlugin,
 }
 
+/// Upper bounds (µs) of the call-latency buckets.
+const LATENCY_BOUNDS_US: [u64; 16] = [
+    2,
+    5,
+    10,
+    20,
+    50,
+    100,
+    200,
+    500,
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    20_000,
+    50_000,
+    100_000,
+    u64::MAX,
+];
+
 /// Counters of one plugin's calls since load.
 #[derive(Debug, Default)]
 pub struct PluginStats {
     /// Calls to `authenticate`.
     pub calls: AtomicU64,
+    /// Calls that denied.
+    pub denials: AtomicU64,
     /// Calls that ended in a failure (trap, deadline, memory, ...).
     pub failures: AtomicU64,
     /// Instances created (the first at load, then one per failure or pool miss).
     pub instances: AtomicU64,
+    latency: [AtomicU64; 16],
+}
+
+impl PluginStats {
+    fn observe(&self, elapsed: std::time::Duration) {
+        let us = elapsed.as_micros() as u64;
+        let i = LATENCY_BOUNDS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(LATENCY_BOUNDS_US.len() - 1);
+        self.latency[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The 99th-percentile call latency in µs, as the upper bound of its bucket (`None`
+    /// before the first call).
+    pub fn p99_us(&self) -> Option<u64> {
+        let counts: Vec<u64> = self
+            .latency
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let target = total.saturating_mul(99).div_ceil(100);
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= target {
+                return Some(LATENCY_BOUNDS_US[i]);
+            }
+        }
+        None
+    }
 }
 
 /// A plugin ready to authenticate.
@@ -223,7 +280,12 @@ impl AuthProvider for WasmPlugin {
         so_far: Option<&Identity>,
     ) -> Result<Decision, PluginFailure> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let result = self.call(request, so_far).await;
+        self.stats.observe(started.elapsed());
+        if let Ok(Decision::Deny(_)) = &result {
+            self.stats.denials.fetch_add(1, Ordering::Relaxed);
+        }
         if let Err(failure) = &result {
             self.stats.failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(plugin = &*self.name, cause = failure.cause(), error = %failure, "plugin failed; denying (fail closed)");

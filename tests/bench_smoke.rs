@@ -82,3 +82,23 @@ fn plugin_load_smoke_hits_the_cache() {
         assert!(r.size > 0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_smoke_every_session_keeps_ticking() {
+    let cluster = Cluster::start().await;
+    let tokens: Vec<String> = (0..10).map(|_| cluster.token()).collect();
+    let sections = format!(
+        "[kubernetes]\nkubeconfig = {:?}\n[limits]\ntick_interval_ms = 50\n",
+        cluster.kubeconfig.display().to_string()
+    );
+    let gw = trustgate_tests::gateway(&sections, &bench::chain_toml("tokenreview")).await;
+    let (_, mut clients) = bench::join_storm(&gw.url(), &tokens, 200).await;
+    assert_eq!(gw.running.state.sessions().len(), 200);
+    // the measurement the full benchmark takes works on this process too
+    assert!(bench::proc_rss_kib(std::process::id()) > 0);
+    for c in clients.iter_mut() {
+        let first = c.event("tick").await;
+        let second = c.event("tick").await;
+        assert!(second["seq"].as_u64() > first["seq"].as_u64());
+    }
+}

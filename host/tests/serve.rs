@@ -242,3 +242,70 @@ async fn devices_cli_lists_and_approves_through_the_admin_api() {
     gw.child.kill().unwrap();
     gw.child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_chain_and_a_bad_reload_keeps_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let mut gw = serve(&config);
+    let metric = |text: &str, result: &str| -> f64 {
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "trustgate_config_reloads_total{{result=\"{result}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let scrape = || async {
+        reqwest::get(format!("{}/metrics", gw.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let hup = |pid: u32| {
+        let status = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    // A broken edit: the reload is refused and counted; the gateway keeps serving.
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        good.replace(
+            "builtin = \"allowlist\"",
+            "builtin = \"allowlist\"\nsha256 = \"00\"",
+        ),
+    )
+    .unwrap();
+    hup(gw.child.id());
+    let mut text = scrape().await;
+    let mut polls = 0;
+    while metric(&text, "error") < 1.0 {
+        polls += 1;
+        assert!(polls < 10_000, "the refused reload was never counted");
+        text = scrape().await;
+    }
+    let key = DeviceKey::generate();
+    let res = device_connect(&gw.ws, &key).await;
+    assert_eq!(
+        res["error"]["code"], "NOT_PAIRED",
+        "the old chain still decides: {res}"
+    );
+    // Fixed: the next SIGHUP (or the file watcher) loads it.
+    std::fs::write(&config, &good).unwrap();
+    hup(gw.child.id());
+    while metric(&text, "ok") < 1.0 {
+        polls += 1;
+        assert!(polls < 20_000, "the reload was never counted");
+        text = scrape().await;
+    }
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+}

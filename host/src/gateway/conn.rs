@@ -31,6 +31,9 @@ use crate::protocol::{
 use crate::time::now_ms;
 
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
+
+/// Stands in for "never" where a timer is needed but the credentials do not expire.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
 type Source<S> = SplitStream<WebSocketStream<S>>;
 
 /// Decrements the live-connection count however the task ends.
@@ -63,9 +66,13 @@ where
     let span = info_span!("conn", conn_id = %conn_id, peer = %remote);
     async move {
         let max = state.limits.max_payload;
+        // Small buffers: tungstenite's defaults (128 KiB each way) would make every idle
+        // session cost a quarter of a megabyte. Frames here are small JSON; writes go out at once.
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(max))
-            .max_frame_size(Some(max));
+            .max_frame_size(Some(max))
+            .read_buffer_size(4096)
+            .write_buffer_size(0);
         let ws = match tokio::time::timeout(
             state.limits.handshake_timeout,
             tokio_tungstenite::accept_async_with_config(stream, Some(ws_config)),
@@ -479,10 +486,24 @@ where
         let tick_every = self.state.limits.tick_interval;
         let mut ticker =
             tokio::time::interval_at(tokio::time::Instant::now() + tick_every, tick_every);
-        loop {
-            let expiry = auth.identity.expires_at_ms.map(|at| {
+        let deadline = |at: Option<u64>| {
+            at.map(|at| {
                 tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
-            });
+            })
+        };
+        // One timer for the session's life, moved only when a reauth changes the expiry.
+        let mut expiry_at = auth.identity.expires_at_ms;
+        let expiry = tokio::time::sleep_until(
+            deadline(expiry_at).unwrap_or_else(|| tokio::time::Instant::now() + FAR_FUTURE),
+        );
+        tokio::pin!(expiry);
+        loop {
+            if auth.identity.expires_at_ms != expiry_at {
+                expiry_at = auth.identity.expires_at_ms;
+                expiry.as_mut().reset(
+                    deadline(expiry_at).unwrap_or_else(|| tokio::time::Instant::now() + FAR_FUTURE),
+                );
+            }
             tokio::select! {
                 inbound = next_frame(&mut source) => match inbound {
                     Inbound::Text(text) => {
@@ -541,12 +562,7 @@ where
                         break;
                     }
                 },
-                _ = async {
-                    match expiry {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                } => {
+                _ = &mut expiry, if expiry_at.is_some() => {
                     info!(subject = %auth.identity.subject, "credentials expired");
                     self.close(CloseCode::CREDENTIALS_EXPIRED, "credentials expired").await;
                     break;

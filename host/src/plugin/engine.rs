@@ -2,7 +2,7 @@
 //! deadlines.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use wasmtime::component::Linker;
@@ -36,36 +36,72 @@ pub(crate) fn new_linker(engine: &Engine) -> wasmtime::Result<Linker<StoreState>
     Ok(linker)
 }
 
-/// Increments the engine's epoch every [`TICK`] on a dedicated thread until dropped.
+/// Increments the engine's epoch every [`TICK`] on a dedicated thread, but only while some
+/// plugin call is running: an idle gateway does not wake up a thousand times a second.
 pub(crate) struct EpochTicker {
-    stop: Arc<AtomicBool>,
+    shared: Arc<TickerShared>,
     thread: Option<JoinHandle<()>>,
+}
+
+struct TickerShared {
+    stop: AtomicBool,
+    active: AtomicUsize,
+}
+
+/// Keeps the ticker running while alive; one per plugin call.
+pub(crate) struct Busy<'a> {
+    ticker: &'a EpochTicker,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.ticker.shared.active.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl EpochTicker {
     pub(crate) fn start(engine: &Engine) -> std::io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(TickerShared {
+            stop: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+        });
         let engine = engine.clone();
-        let flag = stop.clone();
+        let state = shared.clone();
         let thread = std::thread::Builder::new()
             .name("trustgate-epoch".into())
             .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
+                while !state.stop.load(Ordering::Acquire) {
+                    if state.active.load(Ordering::Acquire) == 0 {
+                        // Woken by the first call to start (or by shutdown).
+                        std::thread::park();
+                        continue;
+                    }
                     std::thread::sleep(TICK);
                     engine.increment_epoch();
                 }
             })?;
         Ok(Self {
-            stop,
+            shared,
             thread: Some(thread),
         })
+    }
+
+    /// Marks a plugin call as running until the guard drops.
+    pub(crate) fn busy(&self) -> Busy<'_> {
+        if self.shared.active.fetch_add(1, Ordering::AcqRel) == 0
+            && let Some(t) = &self.thread
+        {
+            t.thread().unpark();
+        }
+        Busy { ticker: self }
     }
 }
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.shared.stop.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
             let _ = thread.join();
         }
     }

@@ -99,8 +99,8 @@ pub struct WasmPlugin {
     max_idle: usize,
     stats: PluginStats,
     /// Deadlines only fire while the epoch ticks: a plugin keeps the ticker alive even if the
-    /// runtime that loaded it is gone.
-    _ticker: Arc<EpochTicker>,
+    /// runtime that loaded it is gone, and marks itself busy during calls so it ticks.
+    ticker: Arc<EpochTicker>,
 }
 
 impl std::fmt::Debug for WasmPlugin {
@@ -143,7 +143,7 @@ impl WasmPlugin {
             idle: std::sync::Mutex::new(Vec::new()),
             max_idle,
             stats: PluginStats::default(),
-            _ticker: ticker,
+            ticker,
         }
     }
 
@@ -170,6 +170,7 @@ impl WasmPlugin {
     /// Creates, configures and parks one instance, proving the plugin accepts its
     /// configuration. Used once at load so configuration errors surface before serving.
     pub(crate) async fn warm_up(&self) -> Result<(), InstanceError> {
+        let _busy = self.ticker.busy();
         let slot = self.new_slot().await?;
         self.park(slot);
         Ok(())
@@ -281,7 +282,10 @@ impl AuthProvider for WasmPlugin {
     ) -> Result<Decision, PluginFailure> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
-        let result = self.call(request, so_far).await;
+        let result = {
+            let _busy = self.ticker.busy();
+            self.call(request, so_far).await
+        };
         self.stats.observe(started.elapsed());
         if let Ok(Decision::Deny(_)) = &result {
             self.stats.denials.fetch_add(1, Ordering::Relaxed);

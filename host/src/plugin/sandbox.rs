@@ -89,6 +89,14 @@ impl CallClock {
         }
     }
 
+    /// Restarts the clock for a new call, reusing the parked-time counter.
+    fn restart(&mut self, budget: Duration) {
+        self.started = Instant::now();
+        self.in_host = Duration::ZERO;
+        self.parked_us.store(0, Ordering::Relaxed);
+        self.budget = budget;
+    }
+
     fn guest_time(&self) -> Duration {
         let parked = Duration::from_micros(self.parked_us.load(Ordering::Relaxed));
         self.started
@@ -133,7 +141,7 @@ impl StoreState {
 
     /// Starts the CPU clock for a new guest call; returns the epoch ticks to arm.
     pub(crate) fn begin_call(&mut self) -> u64 {
-        self.clock = CallClock::new(self.limits.deadline);
+        self.clock.restart(self.limits.deadline);
         self.tripped = Tripped::Nothing;
         ticks(self.limits.deadline.min(SLICE))
     }

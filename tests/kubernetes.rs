@@ -344,39 +344,12 @@ async fn a_thousand_workers_with_a_hundred_tokens_cost_a_hundred_reviews() {
     let k = cluster("tokenreview").await;
     k.api.set_latency(Duration::from_millis(20));
     let tokens: Vec<String> = (0..100).map(|_| runner_token(&k.api).0).collect();
-    let storm = |tokens: Vec<String>| {
-        let url = k.gw.url();
-        async move {
-            let mut tasks = Vec::new();
-            for i in 0..1000 {
-                let token = tokens[i % 100].clone();
-                let url = url.clone();
-                tasks.push(tokio::spawn(async move {
-                    let mut c = WsClient::open(&url).await;
-                    let res = c
-                        .connect(connect_params(
-                            "worker",
-                            Some(json!({"method": "k8s-sa-trust", "token": token})),
-                            None,
-                        ))
-                        .await;
-                    assert_eq!(res["ok"], true, "{res}");
-                    c
-                }));
-            }
-            let mut clients = Vec::new();
-            for t in tasks {
-                clients.push(t.await.unwrap());
-            }
-            clients
-        }
-    };
-    let clients = storm(tokens.clone()).await;
+    let (_, clients) = trustgate_tests::bench::join_storm(&k.gw.url(), &tokens, 1000).await;
     assert_eq!(k.api.token_reviews(), 100);
     assert_eq!(k.gw.running.state.sessions().len(), 1000);
     drop(clients);
     // reconnecting within the cache TTL costs nothing
-    let _again = storm(tokens).await;
+    let (_, _again) = trustgate_tests::bench::join_storm(&k.gw.url(), &tokens, 1000).await;
     assert_eq!(k.api.token_reviews(), 100);
     let stats = k.gw.running.kubernetes.as_ref().unwrap().stats();
     assert_eq!(

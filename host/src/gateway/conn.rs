@@ -633,6 +633,28 @@ where
         })
     }
 
+    /// An authentication attempt within the established session: same connection, client,
+    /// granted role and scopes, and device; never a new device token.
+    fn session_attempt<'a>(
+        &'a self,
+        params: &'a ConnectParams,
+        auth: &'a Authenticated,
+        credentials: Option<&'a AuthParams>,
+        device: Option<(String, String)>,
+    ) -> Attempt<'a> {
+        Attempt {
+            conn_id: &self.conn_id,
+            remote: self.remote,
+            tls: self.tls,
+            client: &params.client,
+            role: auth.role,
+            scopes: &auth.scopes,
+            auth: credentials,
+            device,
+            issue_token: false,
+        }
+    }
+
     /// Validates the session's credentials again, bypassing the review cache. Returns the close
     /// reason if they no longer hold; a check that could not be completed (API down, plugin
     /// failure) keeps the session.
@@ -643,17 +665,7 @@ where
         last_auth: Option<&AuthParams>,
         device: Option<(String, String)>,
     ) -> Option<&'static str> {
-        let attempt = Attempt {
-            conn_id: &self.conn_id,
-            remote: self.remote,
-            tls: self.tls,
-            client: &params.client,
-            role: auth.role,
-            scopes: &auth.scopes,
-            auth: last_auth,
-            device,
-            issue_token: false,
-        };
+        let attempt = self.session_attempt(params, auth, last_auth, device);
         match crate::k8s::fresh(authenticate(&self.state, &attempt)).await {
             Ok(fresh) if fresh.identity.subject == auth.identity.subject => {
                 let expires = fresh.identity.expires_at_ms;
@@ -716,17 +728,7 @@ where
             auth: AuthParams,
         }
         let p: ReauthParams = parse_params(&frame.params).map_err(|e| invalid(&e))?;
-        let attempt = Attempt {
-            conn_id: &self.conn_id,
-            remote: self.remote,
-            tls: self.tls,
-            client: &params.client,
-            role: auth.role,
-            scopes: &auth.scopes,
-            auth: Some(&p.auth),
-            device,
-            issue_token: false,
-        };
+        let attempt = self.session_attempt(params, auth, Some(&p.auth), device);
         let started = std::time::Instant::now();
         let fresh = match authenticate(&self.state, &attempt).await {
             Ok(f) => f,

@@ -78,6 +78,11 @@ impl Audit {
         })
     }
 
+    /// Whether records go anywhere (callers skip building them otherwise).
+    pub fn enabled(&self) -> bool {
+        self.sink.is_some()
+    }
+
     /// Writes one line. A failing sink is reported in the diagnostic log, never fatal.
     pub fn record(&self, record: &AuditRecord<'_>) {
         let Some(sink) = &self.sink else { return };

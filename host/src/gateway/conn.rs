@@ -219,6 +219,9 @@ where
                 .metrics
                 .record_handshake(error.map_or("ok", |e| e.code.as_str()), seconds);
         }
+        if !self.state.audit.enabled() {
+            return;
+        }
         let reason = error
             .and_then(|e| e.details.as_ref())
             .and_then(|d| d.get("reason"))

@@ -36,8 +36,9 @@ pub(crate) fn new_linker(engine: &Engine) -> wasmtime::Result<Linker<StoreState>
     Ok(linker)
 }
 
-/// Increments the engine's epoch every [`TICK`] on a dedicated thread, but only while some
-/// plugin call is running: an idle gateway does not wake up a thousand times a second.
+/// Increments the engine's epoch every [`TICK`] on a dedicated thread while plugin calls are
+/// running, and parks after a tick in which no call started, so an idle gateway does not wake
+/// up a thousand times a second and a busy one does not pay a wake-up per call.
 pub(crate) struct EpochTicker {
     shared: Arc<TickerShared>,
     thread: Option<JoinHandle<()>>,
@@ -46,6 +47,9 @@ pub(crate) struct EpochTicker {
 struct TickerShared {
     stop: AtomicBool,
     active: AtomicUsize,
+    /// Set by every call that starts; cleared by the ticker each tick.
+    recent: AtomicBool,
+    parked: AtomicBool,
 }
 
 /// Keeps the ticker running while alive; one per plugin call.
@@ -55,7 +59,7 @@ pub(crate) struct Busy<'a> {
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.ticker.shared.active.fetch_sub(1, Ordering::AcqRel);
+        self.ticker.shared.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -64,16 +68,27 @@ impl EpochTicker {
         let shared = Arc::new(TickerShared {
             stop: AtomicBool::new(false),
             active: AtomicUsize::new(0),
+            recent: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
         });
         let engine = engine.clone();
-        let state = shared.clone();
+        let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("trustgate-epoch".into())
             .spawn(move || {
-                while !state.stop.load(Ordering::Acquire) {
-                    if state.active.load(Ordering::Acquire) == 0 {
-                        // Woken by the first call to start (or by shutdown).
-                        std::thread::park();
+                while !s.stop.load(Ordering::SeqCst) {
+                    let idle = s.active.load(Ordering::SeqCst) == 0;
+                    if idle && !s.recent.swap(false, Ordering::SeqCst) {
+                        s.parked.store(true, Ordering::SeqCst);
+                        // Re-check after announcing the park: a call that started in between
+                        // either sees `parked` and unparks us, or is seen here.
+                        if s.active.load(Ordering::SeqCst) == 0
+                            && !s.recent.load(Ordering::SeqCst)
+                            && !s.stop.load(Ordering::SeqCst)
+                        {
+                            std::thread::park();
+                        }
+                        s.parked.store(false, Ordering::SeqCst);
                         continue;
                     }
                     std::thread::sleep(TICK);
@@ -88,7 +103,9 @@ impl EpochTicker {
 
     /// Marks a plugin call as running until the guard drops.
     pub(crate) fn busy(&self) -> Busy<'_> {
-        if self.shared.active.fetch_add(1, Ordering::AcqRel) == 0
+        self.shared.active.fetch_add(1, Ordering::SeqCst);
+        self.shared.recent.store(true, Ordering::SeqCst);
+        if self.shared.parked.load(Ordering::SeqCst)
             && let Some(t) = &self.thread
         {
             t.thread().unpark();
@@ -99,7 +116,7 @@ impl EpochTicker {
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
+        self.shared.stop.store(true, Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
             thread.thread().unpark();
             let _ = thread.join();

@@ -92,6 +92,36 @@ fn is_device_method(method: &str) -> bool {
     matches!(method, "" | "none" | DEVICE_METHOD | "device")
 }
 
+/// Files (or reuses) a pairing request for the device and refuses with `NOT_PAIRED`.
+fn not_paired(
+    state: &GatewayState,
+    attempt: &Attempt<'_>,
+    (id, public_key): (&str, &str),
+    message: &str,
+    why: &str,
+) -> Refusal {
+    let pending = state.pairing.request(
+        id,
+        public_key,
+        attempt.role,
+        attempt.scopes,
+        &attempt.client.id,
+        &attempt.remote.to_string(),
+    );
+    Refusal {
+        error: ErrorBody::new(ErrorCode::NotPaired, message).with_details(json!({
+            "reason": "pairing-required",
+            "requestId": pending.request_id,
+            "expiresAtMs": pending.expires_at_ms,
+        })),
+        cause: format!(
+            "{why}; device {id} not paired (request {})",
+            pending.request_id
+        ),
+        plugin: None,
+    }
+}
+
 pub(crate) async fn authenticate(
     state: &GatewayState,
     attempt: &Attempt<'_>,
@@ -204,29 +234,13 @@ pub(crate) async fn authenticate(
         }
         Outcome::NoDecision => {
             return Err(match &attempt.device {
-                Some((id, pk)) if is_device_method(method) => {
-                    let pending = state.pairing.request(
-                        id,
-                        pk,
-                        attempt.role,
-                        attempt.scopes,
-                        &attempt.client.id,
-                        &attempt.remote.to_string(),
-                    );
-                    Refusal {
-                        error: ErrorBody::new(
-                            ErrorCode::NotPaired,
-                            "this device is not paired; an operator must approve the request",
-                        )
-                        .with_details(json!({
-                            "reason": "pairing-required",
-                            "requestId": pending.request_id,
-                            "expiresAtMs": pending.expires_at_ms,
-                        })),
-                        cause: format!("device {id} not paired (request {})", pending.request_id),
-                        plugin: None,
-                    }
-                }
+                Some((id, pk)) if is_device_method(method) => not_paired(
+                    state,
+                    attempt,
+                    (id, pk),
+                    "this device is not paired; an operator must approve the request",
+                    "no plugin decided",
+                ),
                 _ if method == "none" => Refusal::new(
                     ErrorCode::Unauthenticated,
                     "no-credentials",
@@ -281,30 +295,13 @@ pub(crate) async fn authenticate(
             Some((id, pk)) => match state.pairing.device(id) {
                 Some(record) if record.roles.contains(&attempt.role) => (Pairing::Paired, None),
                 _ => {
-                    let pending = state.pairing.request(
-                        id,
-                        pk,
-                        attempt.role,
-                        attempt.scopes,
-                        &attempt.client.id,
-                        &attempt.remote.to_string(),
-                    );
-                    return Err(Refusal {
-                        error: ErrorBody::new(
-                            ErrorCode::NotPaired,
-                            "this identity may not skip pairing and its device is not paired",
-                        )
-                        .with_details(json!({
-                            "reason": "pairing-required",
-                            "requestId": pending.request_id,
-                            "expiresAtMs": pending.expires_at_ms,
-                        })),
-                        cause: format!(
-                            "{} needs pairing; device {id} not paired (request {})",
-                            identity.subject, pending.request_id
-                        ),
-                        plugin: None,
-                    });
+                    return Err(not_paired(
+                        state,
+                        attempt,
+                        (id, pk),
+                        "this identity may not skip pairing and its device is not paired",
+                        &format!("{} may not skip pairing", identity.subject),
+                    ));
                 }
             },
             None => {

@@ -320,7 +320,8 @@ async fn idle_with(out: &mut String, sessions: usize, tick_ms: u64, window: Dura
         clients.append(&mut c);
     }
     let connect_time = started.elapsed();
-    // let the connection bursts' transient buffers go
+    // A measurement, not synchronization: give the connection bursts' transient buffers two
+    // seconds to be released before reading the resident set.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = proc_rss_kib(pid);
     let ticks_hz = 100.0; // USER_HZ on Linux

@@ -381,7 +381,7 @@ fn unauthorized() -> Response {
 async fn delay(shared: &Shared) {
     let latency = *shared.latency.lock().unwrap_or_else(|p| p.into_inner());
     if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
+        tokio::time::sleep(latency).await; // injected latency is the fault being simulated
     }
 }
 

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use http_body_util::BodyExt;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
+use super::request::{Answer, exchange};
 use super::{ReviewFailure, ReviewOutcome, Stats};
 use crate::time::now_ms;
 
@@ -101,27 +101,13 @@ async fn get_json<T: for<'de> Deserialize<'de>>(
         .header(http::header::ACCEPT, "application/json")
         .body(kube::client::Body::empty())
         .map_err(|e| ReviewFailure::Failed(e.to_string()))?;
-    let exchange = async {
-        let response = client.send(request).await.map_err(|e| e.to_string())?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
+    let Answer { status, body, .. } =
+        exchange(client, request, timeout)
             .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok::<_, String>((status, body))
-    };
-    let (status, body) = tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| ReviewFailure::Unavailable {
-            message: format!("GET {path}: no answer within {} ms", timeout.as_millis()),
-            retry_after: None,
-        })?
-        .map_err(|message| ReviewFailure::Unavailable {
-            message: format!("GET {path}: {message}"),
-            retry_after: None,
-        })?;
+            .map_err(|message| ReviewFailure::Unavailable {
+                message: format!("GET {path}: {message}"),
+                retry_after: None,
+            })?;
     match status.as_u16() {
         200 => serde_json::from_slice(&body)
             .map_err(|e| ReviewFailure::Failed(format!("GET {path}: malformed answer: {e}"))),

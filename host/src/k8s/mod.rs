@@ -7,6 +7,7 @@
 
 mod cache;
 mod jwks;
+mod request;
 mod review;
 
 use std::collections::BTreeMap;

@@ -4,9 +4,9 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use http_body_util::BodyExt;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 
+use super::request::{Answer, exchange};
 use super::{ReviewFailure, ReviewOutcome, Settings, Stats, unverified_expiry_ms};
 
 const PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
@@ -64,36 +64,15 @@ async fn attempt(
         Ok(r) => r,
         Err(e) => return Attempt::Done(Err(ReviewFailure::Failed(e.to_string()))),
     };
-    let exchange = async {
-        let response = client.send(request).await.map_err(|e| e.to_string())?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok::<_, String>((status, retry_after, body))
-    };
-    let (status, retry_after, body) = match tokio::time::timeout(timeout, exchange).await {
-        Ok(Ok(r)) => r,
-        // The error text of a transport failure names the endpoint, never the token (it
-        // travels in the body).
-        Ok(Err(e)) => {
+    let Answer {
+        status,
+        retry_after,
+        body,
+    } = match exchange(client, request, timeout).await {
+        Ok(a) => a,
+        Err(message) => {
             return Attempt::Retry {
-                message: e,
-                retry_after: None,
-            };
-        }
-        Err(_) => {
-            return Attempt::Retry {
-                message: format!("no answer within {} ms", timeout.as_millis()),
+                message,
                 retry_after: None,
             };
         }

@@ -13,8 +13,7 @@ use serde::Deserialize;
 pub use error::ConfigError;
 
 use crate::plugin::{
-    AuthProvider, Chain, Limits, LoadError, PluginSource, PluginSpec, Runtime, RuntimeOptions,
-    WasmPlugin,
+    Chain, Limits, LoadError, PluginSource, PluginSpec, Runtime, RuntimeOptions, WasmPlugin,
 };
 
 /// The configuration compiled into the binary; `trustgate config default` prints it.
@@ -465,18 +464,10 @@ impl Config {
         &self,
         runtime: &Runtime,
     ) -> Result<(Chain, Vec<Arc<WasmPlugin>>), ConfigError> {
-        let mut plugins = Vec::new();
-        for (i, spec) in self.plugin_specs().iter().enumerate() {
-            match runtime.load(spec).await {
-                Ok(p) => plugins.push(Arc::new(p)),
-                Err(e) => return Err(self.plugin_error(i, &e)),
-            }
-        }
-        let providers = plugins
-            .iter()
-            .map(|p| p.clone() as Arc<dyn AuthProvider>)
-            .collect();
-        Ok((Chain::new(providers), plugins))
+        runtime
+            .load_chain(&self.plugin_specs())
+            .await
+            .map_err(|(i, e)| self.plugin_error(i, &e))
     }
 
     fn plugin_error(&self, i: usize, e: &LoadError) -> ConfigError {

@@ -497,14 +497,15 @@ impl Runtime {
         self.instantiate(&spec.name, &compiled, &spec.config).await
     }
 
-    /// Loads every plugin of a chain, in order; the first failure aborts the whole chain.
+    /// Loads every plugin of a chain, in order; the first failure aborts the whole chain and
+    /// comes back with the index of the spec that failed.
     pub async fn load_chain(
         &self,
         specs: &[PluginSpec],
-    ) -> Result<(Chain, Vec<Arc<WasmPlugin>>), LoadError> {
+    ) -> Result<(Chain, Vec<Arc<WasmPlugin>>), (usize, LoadError)> {
         let mut plugins = Vec::with_capacity(specs.len());
-        for spec in specs {
-            plugins.push(Arc::new(self.load(spec).await?));
+        for (i, spec) in specs.iter().enumerate() {
+            plugins.push(Arc::new(self.load(spec).await.map_err(|e| (i, e))?));
         }
         let providers = plugins
             .iter()

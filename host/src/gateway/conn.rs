@@ -242,6 +242,21 @@ where
         });
     }
 
+    /// Refuses a `connect`: records the decision, answers, and closes with the code's close code.
+    async fn refuse(
+        &mut self,
+        id: &str,
+        started: std::time::Instant,
+        method: &str,
+        role: Role,
+        error: ErrorBody,
+        plugin: Option<&str>,
+    ) {
+        self.record("connect", started, method, role, None, Some(&error), plugin);
+        let close = error.code.close_code();
+        self.fail(id, error, close).await;
+    }
+
     async fn fail(&mut self, id: &str, error: ErrorBody, close: CloseCode) {
         let reason = format!("{}: {}", error.code, error.message);
         self.send_json(&ResponseFrame::err(id, error)).await;
@@ -336,16 +351,8 @@ where
                 ),
             )
             .with_details(json!({"supported": [PROTOCOL_VERSION]}));
-            self.record(
-                "connect",
-                started,
-                &method,
-                params.role,
-                None,
-                Some(&e),
-                None,
-            );
-            self.fail(&frame.id, e, CloseCode::PROTOCOL_ERROR).await;
+            self.refuse(&frame.id, started, &method, params.role, e, None)
+                .await;
             return None;
         }
         let live = self
@@ -358,7 +365,8 @@ where
                 "the gateway is at its connection limit",
             )
             .with_retry_after(Some(1_000));
-            self.fail(&frame.id, e, CloseCode::TRY_AGAIN_LATER).await;
+            self.refuse(&frame.id, started, &method, params.role, e, None)
+                .await;
             return None;
         }
         let device = match &params.device {
@@ -375,7 +383,7 @@ where
                     info!(reason = e.reason(), "device proof rejected: {e}");
                     let body = ErrorBody::new(ErrorCode::Unauthenticated, e.to_string())
                         .with_details(json!({"reason": e.reason()}));
-                    self.fail(&frame.id, body, CloseCode::POLICY_VIOLATION)
+                    self.refuse(&frame.id, started, &method, params.role, body, None)
                         .await;
                     return None;
                 }
@@ -397,17 +405,16 @@ where
             Ok(a) => a,
             Err(refusal) => {
                 info!(code = %refusal.error.code, cause = %refusal.cause, "connect refused");
-                self.record(
-                    "connect",
+                let super::auth::Refusal { error, plugin, .. } = refusal;
+                self.refuse(
+                    &frame.id,
                     started,
                     &method,
                     params.role,
-                    None,
-                    Some(&refusal.error),
-                    refusal.plugin.as_deref(),
-                );
-                let close = refusal.error.code.close_code();
-                self.fail(&frame.id, refusal.error, close).await;
+                    error,
+                    plugin.as_deref(),
+                )
+                .await;
                 return None;
             }
         };

@@ -25,8 +25,7 @@ pub(crate) async fn serve(
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .route("/api/pairing", get(list_pairing))
-        .route("/api/pairing/{id}/approve", post(approve))
-        .route("/api/pairing/{id}/reject", post(reject))
+        .route("/api/pairing/{id}/{verb}", post(decide))
         .route("/api/sessions", get(list_sessions))
         .route("/api/overview", get(overview))
         .route("/ui", get(ui))
@@ -110,36 +109,27 @@ async fn list_pairing(State(state): State<Arc<GatewayState>>, headers: HeaderMap
     .into_response()
 }
 
-async fn approve(
+async fn decide(
     State(state): State<Arc<GatewayState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path((id, verb)): Path<(String, String)>,
 ) -> Response {
     if let Some(r) = unauthorized(&state, &headers) {
         return r;
     }
-    match state.pairing.approve(&id) {
-        Ok(device) => {
+    let result = match verb.as_str() {
+        "approve" => state.pairing.approve(&id).map(|device| {
             tracing::info!(request = %id, device = %device.id, roles = ?device.roles, "pairing approved");
-            axum::Json(json!({"approved": true, "device": device})).into_response()
-        }
-        Err(e) => pairing_failure(&e),
-    }
-}
-
-async fn reject(
-    State(state): State<Arc<GatewayState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    if let Some(r) = unauthorized(&state, &headers) {
-        return r;
-    }
-    match state.pairing.reject(&id) {
-        Ok(request) => {
+            json!({"approved": true, "device": device})
+        }),
+        "reject" => state.pairing.reject(&id).map(|request| {
             tracing::info!(request = %id, device = %request.device_id, "pairing rejected");
-            axum::Json(json!({"rejected": true, "request": request})).into_response()
-        }
+            json!({"rejected": true, "request": request})
+        }),
+        _ => return error(StatusCode::NOT_FOUND, format!("no pairing action `{verb}` (approve, reject)")),
+    };
+    match result {
+        Ok(body) => axum::Json(body).into_response(),
         Err(e) => pairing_failure(&e),
     }
 }

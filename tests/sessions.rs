@@ -308,3 +308,54 @@ async fn reauth_with_rejected_credentials_keeps_the_old_expiry() {
         "a failed reauth must not close the session"
     );
 }
+
+/// The ids of the workers an operator sees.
+async fn listed(op: &mut WsClient, id: &str) -> Vec<String> {
+    let list = op.request(id, "workers.list", json!({})).await;
+    list["payload"]["workers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{list}"))
+        .iter()
+        .map(|w| w["connId"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_told_hello_ok_is_already_listed_and_a_closed_one_already_gone() {
+    // Sessions expire 3 s after their hello-ok, so each lane also sees the other end of
+    // the life: once a worker has its close frame, no operator may still find it.
+    let chain = r#"decision = "allow", method = "k8s-sa-trust", subject_from_token = true, roles = ["worker"], skip_pairing = true, expires_in_ms = 3000"#;
+    let gw = std::sync::Arc::new(two_role_gateway("", chain).await);
+    let mut lanes = Vec::new();
+    for lane in 0..4 {
+        let gw = gw.clone();
+        lanes.push(tokio::spawn(async move {
+            let mut op = operator(&gw).await;
+            let mut open = Vec::new();
+            for i in 0..50 {
+                let (w, hello) = worker(&gw, &format!("l{lane}-w{i}")).await;
+                let id = hello["payload"]["server"]["connId"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                let seen = listed(&mut op, &format!("l{i}")).await;
+                assert!(
+                    seen.contains(&id),
+                    "worker {id} had its hello-ok but workers.list misses it"
+                );
+                open.push((w, id));
+            }
+            for (i, (mut w, id)) in open.into_iter().enumerate() {
+                assert_eq!(w.closed().await.0, 4401);
+                let seen = listed(&mut op, &format!("g{i}")).await;
+                assert!(
+                    !seen.contains(&id),
+                    "worker {id} has its close frame but is still listed"
+                );
+            }
+        }));
+    }
+    for lane in lanes {
+        lane.await.unwrap();
+    }
+}

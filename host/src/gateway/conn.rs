@@ -99,10 +99,10 @@ where
             seq: 0,
         };
         let mut source = source;
-        let Some((params, auth)) = conn.handshake(&mut source).await else {
+        let Some((params, auth, commands)) = conn.handshake(&mut source).await else {
             return;
         };
-        conn.session(source, params, auth).await;
+        conn.session(source, params, auth, commands).await;
     }
     .instrument(span)
     .await;
@@ -263,11 +263,13 @@ where
         self.close(close, &reason).await;
     }
 
-    /// Sends the challenge and runs `connect`. Returns the session's parameters on success.
+    /// Sends the challenge and runs `connect`. On success the session is registered (so it is
+    /// listed, routable and revocable) *before* `hello-ok` is sent, and its command channel is
+    /// returned with the session's parameters.
     async fn handshake(
         &mut self,
         source: &mut Source<S>,
-    ) -> Option<(ConnectParams, Authenticated)> {
+    ) -> Option<(ConnectParams, Authenticated, mpsc::Receiver<SessionCommand>)> {
         let nonce = random_id("", 16);
         if !self
             .send_event(
@@ -450,22 +452,10 @@ where
             auth.plugin.as_deref(),
         );
         let payload = serde_json::to_value(&hello).unwrap_or(Value::Null);
-        if !self.send_json(&ResponseFrame::ok(&frame.id, payload)).await {
-            return None;
-        }
-        info!(subject = %auth.identity.subject, role = auth.role.as_str(), method = %auth.identity.method, pairing = ?auth.pairing, "connected");
-        Some((params, auth))
-    }
-
-    async fn session(
-        &mut self,
-        mut source: Source<S>,
-        params: ConnectParams,
-        mut auth: Authenticated,
-    ) {
-        let (cmd_tx, mut cmd_rx) = mpsc::channel::<SessionCommand>(64);
-        let (out_tx, mut out_rx) = mpsc::channel::<ResponseFrame>(64);
-        let attributes = auth.identity.attributes.iter().cloned().collect();
+        // Register first: a peer told it is connected must already be listed, reachable by
+        // `worker.invoke` and covered by revocations. Commands sent before the session loop
+        // starts wait in the channel and are served right after `hello-ok`.
+        let (cmd_tx, cmd_rx) = mpsc::channel::<SessionCommand>(64);
         self.state.sessions.insert(
             SessionInfo {
                 conn_id: self.conn_id.clone(),
@@ -477,10 +467,28 @@ where
                 remote_addr: self.remote.to_string(),
                 connected_at_ms: now_ms(),
                 expires_at_ms: auth.identity.expires_at_ms,
-                attributes,
+                attributes: auth.identity.attributes.iter().cloned().collect(),
             },
             cmd_tx,
         );
+        if !self.send_json(&ResponseFrame::ok(&frame.id, payload)).await {
+            self.state.sessions.remove(&self.conn_id);
+            return None;
+        }
+        info!(subject = %auth.identity.subject, role = auth.role.as_str(), method = %auth.identity.method, pairing = ?auth.pairing, "connected");
+        Some((params, auth, cmd_rx))
+    }
+
+    /// The session loop of a registered session. However it ends, the session leaves the
+    /// registry before its close frame is sent, so nobody is routed to a closing connection.
+    async fn session(
+        &mut self,
+        mut source: Source<S>,
+        params: ConnectParams,
+        mut auth: Authenticated,
+        mut cmd_rx: mpsc::Receiver<SessionCommand>,
+    ) {
+        let (out_tx, mut out_rx) = mpsc::channel::<ResponseFrame>(64);
         let device = params
             .device
             .as_ref()
@@ -507,7 +515,8 @@ where
             deadline(expiry_at).unwrap_or_else(|| tokio::time::Instant::now() + FAR_FUTURE),
         );
         tokio::pin!(expiry);
-        loop {
+        // `None`: the peer is gone; `Some`: close with this code and reason.
+        let close: Option<(CloseCode, String)> = loop {
             if auth.identity.expires_at_ms != expiry_at {
                 expiry_at = auth.identity.expires_at_ms;
                 expiry.as_mut().reset(
@@ -521,35 +530,31 @@ where
                             .request(&text, &params, &mut auth, &mut last_auth, device.clone(), &mut invokes, &out_tx)
                             .await;
                         if let Some(reply) = reply && !self.send_json(&reply).await {
-                            break;
+                            break None;
                         }
                     }
                     Inbound::Binary => {
                         let e = ErrorBody::new(ErrorCode::InvalidRequest, "binary frames are not supported");
                         if !self.send_json(&ResponseFrame::err("", e)).await {
-                            break;
+                            break None;
                         }
                     }
-                    Inbound::TooBig => {
-                        self.close(CloseCode::TOO_BIG, "message exceeds maxPayload").await;
-                        break;
-                    }
-                    Inbound::Closed => break,
+                    Inbound::TooBig => break Some((CloseCode::TOO_BIG, "message exceeds maxPayload".into())),
+                    Inbound::Closed => break None,
                 },
                 _ = ticker.tick() => {
                     if !self.send_event("tick", json!({"ts": now_ms()}), true).await {
-                        break;
+                        break None;
                     }
                 }
                 _ = revalidation.tick() => {
                     if let Some(reason) = self.revalidate(&params, &mut auth, last_auth.as_ref(), device.clone()).await {
-                        self.close(CloseCode::CREDENTIALS_EXPIRED, reason).await;
-                        break;
+                        break Some((CloseCode::CREDENTIALS_EXPIRED, reason.into()));
                     }
                 }
                 Some(reply) = out_rx.recv() => {
                     if !self.send_json(&reply).await {
-                        break;
+                        break None;
                     }
                 }
                 Some(cmd) = cmd_rx.recv() => match cmd {
@@ -562,24 +567,25 @@ where
                             )
                             .await;
                         if !sent {
-                            break;
+                            break None;
                         }
                         invokes.insert(invoke_id, reply);
                     }
                     SessionCommand::Close(code, reason) => {
                         info!(code = code.0, %reason, "closing session");
-                        self.close(code, &reason).await;
-                        break;
+                        break Some((code, reason));
                     }
                 },
                 _ = &mut expiry, if expiry_at.is_some() => {
                     info!(subject = %auth.identity.subject, "credentials expired");
-                    self.close(CloseCode::CREDENTIALS_EXPIRED, "credentials expired").await;
-                    break;
+                    break Some((CloseCode::CREDENTIALS_EXPIRED, "credentials expired".into()));
                 }
             }
-        }
+        };
         self.state.sessions.remove(&self.conn_id);
+        if let Some((code, reason)) = close {
+            self.close(code, &reason).await;
+        }
         info!("disconnected");
     }
 

@@ -139,7 +139,8 @@ async fn handshake(out: &mut String) {
         cert.display().to_string(),
         key.display().to_string()
     );
-    let client_tls = trustgate::tls::client_config(Some(&ca.cert_path(dir.path()))).unwrap();
+    let client_tls =
+        trustgate_gateway::tls::client_config(Some(&ca.cert_path(dir.path()))).unwrap();
     writeln!(out, "### 2. Handshake throughput over loopback (connect → hello-ok → close, {CLIENTS} concurrent clients in the same process, warm cache)\n").unwrap();
     writeln!(
         out,
@@ -162,19 +163,17 @@ async fn handshake(out: &mut String) {
         };
         let client = tls.then(|| client_tls.clone());
         let total = if tls { 5_000 } else { 30_000 };
-        let wasm_loaded = trustgate::gateway::LoadedChain {
+        let wasm_loaded = trustgate_gateway::LoadedChain {
             chain: gw.running.state.chain(),
             plugins: gw.running.state.plugins(),
         };
         bench::handshakes(&url, client.clone(), &token, CLIENTS, 500).await; // warm-up
         let w = bench::handshakes(&url, client.clone(), &token, CLIENTS, total).await;
         let native = bench::native_chain(gw.running.kubernetes.clone().unwrap());
-        gw.running
-            .state
-            .swap_chain(trustgate::gateway::LoadedChain {
-                chain: Arc::new(native),
-                plugins: wasm_loaded.plugins.clone(),
-            });
+        gw.running.state.swap_chain(trustgate_gateway::LoadedChain {
+            chain: Arc::new(native),
+            plugins: wasm_loaded.plugins.clone(),
+        });
         bench::handshakes(&url, client.clone(), &token, CLIENTS, 500).await;
         let n = bench::handshakes(&url, client.clone(), &token, CLIENTS, total).await;
         gw.running.state.swap_chain(wasm_loaded);
@@ -404,8 +403,9 @@ fn load(out: &mut String) {
 }
 
 async fn idle_gateway(config: &str) {
-    let config = trustgate::config::Config::from_file(std::path::Path::new(config)).unwrap();
-    let running = trustgate::gateway::start(&config).await.unwrap();
+    let config =
+        trustgate_gateway::config::Config::from_file(std::path::Path::new(config)).unwrap();
+    let running = trustgate_gateway::start(&config).await.unwrap();
     println!("READY ws://{}", running.ws_addr);
     running.wait().await;
 }

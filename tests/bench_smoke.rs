@@ -40,12 +40,10 @@ async fn handshake_smoke_wasm_and_native() {
     let r = bench::handshakes(&gw.url(), None, &token, 8, 100).await;
     assert_eq!(r.handshakes, 100);
     let native = bench::native_chain(gw.running.kubernetes.clone().unwrap());
-    gw.running
-        .state
-        .swap_chain(trustgate::gateway::LoadedChain {
-            chain: Arc::new(native),
-            plugins: gw.running.state.plugins(),
-        });
+    gw.running.state.swap_chain(trustgate_gateway::LoadedChain {
+        chain: Arc::new(native),
+        plugins: gw.running.state.plugins(),
+    });
     let r = bench::handshakes(&gw.url(), None, &token, 8, 100).await;
     assert_eq!(r.handshakes, 100);
     assert!(r.p50 <= r.p99);

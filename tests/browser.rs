@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 
 use fantoccini::{ClientBuilder, Locator};
 use serde_json::json;
-use trustgate::protocol::DeviceKey;
+use trustgate_protocol::DeviceKey;
 use trustgate_tests::client::{WsClient, connect_params};
 use trustgate_tests::{gateway, scripted};
 
@@ -59,7 +59,7 @@ async fn chromedriver() -> (Driver, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_approves_a_device_in_the_browser() {
-    trustgate::tls::install_crypto_provider();
+    trustgate_gateway::tls::install_crypto_provider();
     let gw = gateway(
         "",
         &scripted(
@@ -155,7 +155,7 @@ async fn an_operator_approves_a_device_in_the_browser() {
         .for_element(Locator::Css(r#"#plugins tr[data-plugin="authn"]"#))
         .await
         .unwrap();
-    let sha = trustgate::plugin::sha256_hex(
+    let sha = trustgate_runtime::sha256_hex(
         &std::fs::read(trustgate_tests::guests::GUEST_SCRIPTED).unwrap(),
     );
     assert!(plugin_row.text().await.unwrap().contains(&sha[..16]));

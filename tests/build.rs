@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a build script reports errors by panicking
 
-#[path = "../host/build_support/wasm_guests.rs"]
+#[path = "../host/builtins/build_support/wasm_guests.rs"]
 mod wasm_guests;
 
 use std::fmt::Write;
@@ -21,7 +21,7 @@ fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.parent().unwrap().to_path_buf();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    println!("cargo:rerun-if-changed=../host/build_support/wasm_guests.rs");
+    println!("cargo:rerun-if-changed=../host/builtins/build_support/wasm_guests.rs");
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
     for g in GUESTS {
         let dir = manifest_dir

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use serde_json::json;
-use trustgate::plugin::{AuthProvider, Chain, Outcome, PluginFailure, StepKind};
+use trustgate_runtime::{AuthProvider, CachePolicy, Chain, Outcome, PluginFailure, StepKind};
 use trustgate_tests::{guests, limits, request, runtime};
 
 const DECISIONS: [&str; 3] = ["allow", "deny", "abstain"];
@@ -92,7 +92,9 @@ async fn every_combination_of_allow_deny_abstain() {
                 .map(|(pos, d)| plugins[pos][*d].clone())
                 .collect(),
         );
-        let verdict = chain.evaluate(&request("test", None)).await;
+        let verdict = chain
+            .evaluate(&request("test", None), None, CachePolicy::Use)
+            .await;
         let (want, ran) = expected(&names);
         assert_eq!(describe(&verdict.outcome), want, "sequence {names:?}");
         assert_eq!(verdict.steps.len(), ran, "plugins run for {names:?}");
@@ -140,7 +142,9 @@ async fn later_allows_can_only_narrow_the_identity() {
         .await
         .unwrap();
     let chain = Chain::new(vec![Arc::new(first), Arc::new(policy), Arc::new(expiring)]);
-    let verdict = chain.evaluate(&request("test", None)).await;
+    let verdict = chain
+        .evaluate(&request("test", None), None, CachePolicy::Use)
+        .await;
     let Outcome::Allowed(id) = verdict.outcome else {
         panic!("expected allow: {:?}", verdict.outcome)
     };
@@ -181,7 +185,7 @@ async fn a_later_allow_cannot_change_the_subject() {
         .await
         .unwrap();
     let verdict = Chain::new(vec![Arc::new(a), Arc::new(b)])
-        .evaluate(&request("test", None))
+        .evaluate(&request("test", None), None, CachePolicy::Use)
         .await;
     match verdict.outcome {
         Outcome::Failed { plugin, failure } => {

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use trustgate_apiserver::{ApiServer, Fault, TokenRequest};
+use trustgate_devcluster::{ApiServer, Fault, TokenRequest};
 use trustgate_tests::client::{WsClient, connect_params};
 use trustgate_tests::{TestGateway, gateway};
 
@@ -71,7 +71,7 @@ fn denied(res: &Value, code: &str, reason: &str) {
     assert_eq!(res["error"]["retryable"], retryable, "{res}");
 }
 
-fn runner_token(api: &ApiServer) -> (String, trustgate_apiserver::Claims) {
+fn runner_token(api: &ApiServer) -> (String, trustgate_devcluster::Claims) {
     api.token(&TokenRequest::new("workers", "runner", AUDIENCE))
         .unwrap()
 }
@@ -150,7 +150,7 @@ async fn every_bad_token_is_denied_with_its_own_reason_and_never_cached_as_allow
             "expired",
             {
                 let mut r = TokenRequest::new("workers", "runner", AUDIENCE);
-                r.issued_at = Some(trustgate::time::now_ms() / 1000 - 7200);
+                r.issued_at = Some(trustgate_protocol::now_ms() / 1000 - 7200);
                 api.token(&r).unwrap().0
             },
             "UNAUTHENTICATED",
@@ -389,7 +389,7 @@ async fn jwks_mode_needs_no_review_and_follows_key_rotation() {
         "audience-mismatch",
     );
     let mut expired = TokenRequest::new("workers", "runner", AUDIENCE);
-    expired.issued_at = Some(trustgate::time::now_ms() / 1000 - 7200);
+    expired.issued_at = Some(trustgate_protocol::now_ms() / 1000 - 7200);
     let (t, _) = k.api.token(&expired).unwrap();
     denied(
         &connect(&k.gw, "worker", &t).await,

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use serde_json::json;
-use trustgate::plugin::{
-    AuthProvider, CacheOutcome, Decision, DenyCode, Identity, LoadError, NoKubernetes,
-    PluginSource, PluginSpec, Runtime, RuntimeOptions, sha256_hex,
+use trustgate_runtime::{
+    AuthProvider, CacheOutcome, CachePolicy, Decision, DenyCode, Identity, LoadError, NoServices,
+    PluginSource, PluginSpec, Runtime, RuntimeSettings, sha256_hex,
 };
 use trustgate_tests::{guests, limits, request, runtime, spec};
 
@@ -44,12 +44,12 @@ async fn a_matching_sha256_pin_loads_and_a_wrong_one_is_refused() {
 
 fn cached_runtime(dir: &std::path::Path) -> Runtime {
     Runtime::new(
-        RuntimeOptions {
-            limits: limits(1_000),
+        RuntimeSettings {
             cache_dir: Some(dir.to_path_buf()),
             max_idle_instances: 2,
+            ..limits(1_000)
         },
-        Arc::new(NoKubernetes),
+        Arc::new(NoServices::default()),
     )
     .unwrap()
 }
@@ -75,7 +75,8 @@ async fn compiled_components_are_cached_across_restarts() {
         .await
         .unwrap();
     assert!(matches!(
-        p.authenticate(&request("test", None), None).await,
+        p.authenticate(&request("test", None), None, CachePolicy::Use)
+            .await,
         Ok(Decision::Allow(_))
     ));
 
@@ -107,7 +108,7 @@ async fn allowlist(rules: serde_json::Value) -> Arc<dyn AuthProvider> {
     Arc::new(
         rt.load(&PluginSpec {
             name: "allowlist".into(),
-            source: PluginSource::Builtin("allowlist".into()),
+            source: trustgate_tests::bench::builtin("allowlist"),
             config: json!({ "rules": rules }),
         })
         .await
@@ -208,7 +209,11 @@ async fn allowlist_matches_subject_namespace_group_cidr_and_role() {
     for (id, addr, role, want) in cases {
         req.peer.remote_addr = addr.into();
         req.role = role.into();
-        let got = verdict(p.authenticate(&req, Some(&id)).await.unwrap());
+        let got = verdict(
+            p.authenticate(&req, Some(&id), CachePolicy::Use)
+                .await
+                .unwrap(),
+        );
         assert_eq!(got, want, "{} from {addr} as {role}", id.subject);
     }
 }
@@ -223,12 +228,12 @@ async fn allowlist_without_an_identity_only_applies_identity_free_deny_rules() {
     let mut req = request("none", None);
     req.peer.remote_addr = "10.0.0.1:5".into();
     assert_eq!(
-        verdict(p.authenticate(&req, None).await.unwrap()),
+        verdict(p.authenticate(&req, None, CachePolicy::Use).await.unwrap()),
         "abstain"
     );
     req.peer.remote_addr = "192.0.2.7:5".into();
     assert_eq!(
-        verdict(p.authenticate(&req, None).await.unwrap()),
+        verdict(p.authenticate(&req, None, CachePolicy::Use).await.unwrap()),
         "deny:denied-by-rule"
     );
 }

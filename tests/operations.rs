@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // helpers of tests: a failed setup is a failed test
 
 use serde_json::{Value, json};
-use trustgate::protocol::DeviceKey;
-use trustgate_apiserver::{ApiServer, TokenRequest};
+use trustgate_devcluster::{ApiServer, TokenRequest};
+use trustgate_protocol::DeviceKey;
 use trustgate_tests::client::{WsClient, connect_params};
 use trustgate_tests::{TestGateway, gateway, guests, scripted};
 
@@ -289,7 +289,7 @@ async fn the_audit_log_has_one_line_per_decision_and_no_secrets() {
 async fn a_reload_with_a_bad_pin_is_refused_and_nothing_drops() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(guests::GUEST_SCRIPTED).unwrap();
-    let sha = trustgate::plugin::sha256_hex(&bytes);
+    let sha = trustgate_runtime::sha256_hex(&bytes);
     let plugin = |sha: &str, decision: &str| {
         format!(
             "[[auth.plugins]]\nname = \"authn\"\npath = {:?}\nsha256 = \"{sha}\"\nconfig = {{ decision = \"{decision}\", method = \"good\", subject = \"w\", roles = [\"worker\"], skip_pairing = true }}\n",

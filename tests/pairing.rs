@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // helpers of tests: a failed setup is a failed test
 
 use serde_json::{Value, json};
-use trustgate::protocol::DeviceKey;
+use trustgate_protocol::DeviceKey;
 use trustgate_tests::client::{WsClient, connect_params};
 use trustgate_tests::{TestGateway, gateway, scripted};
 
@@ -219,7 +219,7 @@ async fn pending_requests_expire() {
     let rid = request_id(&res);
     let expires = res["error"]["details"]["expiresAtMs"].as_u64().unwrap();
     // Expiry is the behaviour under test: wait until the server-announced expiry has passed.
-    let wait = expires.saturating_sub(trustgate::time::now_ms()) + 20;
+    let wait = expires.saturating_sub(trustgate_protocol::now_ms()) + 20;
     tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
     let mut op = operator(&gw).await;
     let list = op.request("l", "pairing.list", json!({})).await;

@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // helpers of tests: a failed setup is a failed test
 
 use serde_json::json;
-use trustgate::protocol::{DeviceKey, MAX_SIGNATURE_SKEW_MS, Role};
-use trustgate::time::now_ms;
+use trustgate_protocol::now_ms;
+use trustgate_protocol::{DeviceKey, MAX_SIGNATURE_SKEW_MS, Role};
 use trustgate_tests::client::{Incoming, WsClient, connect_params};
 use trustgate_tests::{TestGateway, gateway, scripted};
 

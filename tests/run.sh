@@ -29,5 +29,5 @@ echo "==> tests"
 cargo test --workspace --locked
 
 echo "==> deployment (Helm rendering, Kubernetes 1.37 strict schemas, policy, config check)"
-cargo build --locked -p trustgate
+# The binary `cargo test` built for the CLI tests (same features, no second build).
 TRUSTGATE_BIN="${CARGO_TARGET_DIR:-target}/debug/trustgate" .venv/bin/python -m pytest -q tests/deploy

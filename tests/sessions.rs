@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // helpers of tests: a failed setup is a failed test
 
 use serde_json::{Value, json};
-use trustgate::time::now_ms;
 use trustgate::worker::{WorkerEvent, WorkerOptions};
+use trustgate_protocol::now_ms;
 use trustgate_tests::client::{WsClient, connect_params};
 use trustgate_tests::{TestGateway, gateway, scripted};
 

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use trustgate::config::Config;
+use trustgate_gateway::config::Config;
 use trustgate_tests::{guests, limits, runtime};
 
 fn ui_dir() -> PathBuf {

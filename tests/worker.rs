@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use tokio::sync::{mpsc, watch};
-use trustgate::protocol::{CloseCode, ErrorCode, Pairing};
 use trustgate::worker::{WorkerError, WorkerEvent, WorkerOptions, run};
+use trustgate_protocol::{CloseCode, ErrorCode, Pairing};
 use trustgate_tests::{TestGateway, gateway, scripted};
 
 struct Worker {
@@ -31,7 +31,7 @@ impl Worker {
             .expect("worker running")
     }
 
-    async fn connected(&mut self) -> trustgate::protocol::HelloOk {
+    async fn connected(&mut self) -> trustgate_protocol::HelloOk {
         loop {
             match self.next().await {
                 WorkerEvent::Connected(h) => return h,

@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde_json::json;
-use trustgate::k8s::{Kubernetes, Settings};
-use trustgate::plugin::{
-    AuthProvider, Chain, Decision, Denial, DenyCode, Identity, Outcome, PluginFailure,
-    PluginSource, PluginSpec, Request, Runtime, RuntimeOptions,
+use trustgate_devcluster::{ApiServer, TokenRequest};
+use trustgate_k8s::{CacheMode, Kubernetes, Settings};
+use trustgate_runtime::{
+    AuthProvider, CachePolicy, Chain, Decision, Denial, DenyCode, Identity, Outcome, PluginFailure,
+    PluginSource, PluginSpec, Request, Runtime, RuntimeSettings,
 };
-use trustgate_apiserver::{ApiServer, TokenRequest};
 
 use crate::client::{WsClient, connect_params};
 
@@ -100,6 +100,7 @@ impl AuthProvider for NativeK8sTrust {
         &self,
         request: &Request,
         _so_far: Option<&Identity>,
+        cache: CachePolicy,
     ) -> Result<Decision, PluginFailure> {
         if request.credentials.method != "k8s-sa-trust" {
             return Ok(Decision::Abstain);
@@ -107,7 +108,11 @@ impl AuthProvider for NativeK8sTrust {
         let Some(token) = &request.credentials.token else {
             return Ok(forbidden("token-missing"));
         };
-        let Ok((o, _)) = self.kube.review(token, &self.audiences).await else {
+        let mode = match cache {
+            CachePolicy::Use => CacheMode::Use,
+            CachePolicy::Bypass => CacheMode::Bypass,
+        };
+        let Ok((o, _)) = self.kube.review(token, &self.audiences, mode).await else {
             return Ok(forbidden("review-unavailable"));
         };
         if !o.authenticated || !o.audiences.iter().any(|a| self.audiences.contains(a)) {
@@ -161,6 +166,7 @@ impl AuthProvider for NativeAllowlist {
         &self,
         request: &Request,
         so_far: Option<&Identity>,
+        _cache: CachePolicy,
     ) -> Result<Decision, PluginFailure> {
         let ip: Option<std::net::IpAddr> = request
             .peer
@@ -219,7 +225,7 @@ impl Cluster {
         Arc::new(
             Kubernetes::connect(Settings {
                 kubeconfig: Some(self.kubeconfig.clone()),
-                cache_ttl: Duration::from_secs(3600),
+                review_cache_ttl_ms: 3_600_000,
                 ..Settings::default()
             })
             .await
@@ -246,24 +252,32 @@ pub fn worker_request(token: &str) -> Request {
 /// The WASM chain [k8s-sa-trust, allowlist] on a runtime whose host services are `kube`.
 pub async fn wasm_chain(kube: Arc<Kubernetes>, mode: &str) -> (Chain, Runtime) {
     let rt = Runtime::new(
-        RuntimeOptions::default(),
-        Arc::new(trustgate::gateway::KubeServices(kube)),
+        RuntimeSettings::default(),
+        Arc::new(trustgate_gateway::KubeServices(kube)),
     )
     .expect("runtime");
     let specs = [
         PluginSpec {
             name: "k8s-sa-trust".into(),
-            source: PluginSource::Builtin("k8s-sa-trust".into()),
+            source: builtin("k8s-sa-trust"),
             config: k8s_config(mode),
         },
         PluginSpec {
             name: "allowlist".into(),
-            source: PluginSource::Builtin("allowlist".into()),
+            source: builtin("allowlist"),
             config: allowlist_config(),
         },
     ];
     let (chain, _) = rt.load_chain(&specs).await.expect("chain");
     (chain, rt)
+}
+
+/// A first-party plugin's component, as the gateway's `builtin = "NAME"` loads it.
+pub fn builtin(name: &str) -> PluginSource {
+    PluginSource::bytes(
+        format!("built-in plugin `{name}`"),
+        trustgate_builtins::builtin(name).expect("a first-party plugin"),
+    )
 }
 
 /// The native chain.
@@ -304,7 +318,7 @@ pub async fn decision_single(
     for _ in 0..batches {
         let started = Instant::now();
         for _ in 0..batch {
-            let v = chain.evaluate(request).await;
+            let v = chain.evaluate(request, None, CachePolicy::Use).await;
             assert!(allowed(&v.outcome), "{:?}", v.outcome);
             n += 1;
         }
@@ -327,7 +341,7 @@ pub async fn decision_parallel(
         let (chain, request) = (chain.clone(), request.clone());
         handles.push(tokio::spawn(async move {
             for _ in 0..each {
-                let v = chain.evaluate(&request).await;
+                let v = chain.evaluate(&request, None, CachePolicy::Use).await;
                 assert!(allowed(&v.outcome), "{:?}", v.outcome);
             }
         }));
@@ -459,25 +473,25 @@ pub struct LoadReport {
 /// Cold compile and cached load of a built-in plugin (median of `runs` cached loads).
 pub fn plugin_load(name: &str, runs: usize) -> LoadReport {
     let dir = tempfile::tempdir().expect("tempdir");
-    let bytes = trustgate::plugin::builtin(name).expect("builtin");
-    let options = RuntimeOptions {
+    let bytes = trustgate_builtins::builtin(name).expect("builtin");
+    let options = RuntimeSettings {
         cache_dir: Some(dir.path().to_path_buf()),
-        ..RuntimeOptions::default()
+        ..RuntimeSettings::default()
     };
-    let services: Arc<dyn trustgate::plugin::HostServices> =
-        Arc::new(trustgate::plugin::NoKubernetes);
+    let services: Arc<dyn trustgate_runtime::HostServices> =
+        Arc::new(trustgate_runtime::NoServices::default());
     let rt = Runtime::new(options.clone(), services.clone()).expect("runtime");
     let t = Instant::now();
     let c = rt.compile(name, bytes).expect("compile");
     let cold = t.elapsed();
-    assert_eq!(c.cache(), trustgate::plugin::CacheOutcome::Miss);
+    assert_eq!(c.cache(), trustgate_runtime::CacheOutcome::Miss);
     let mut cached = Vec::new();
     for _ in 0..runs {
         let rt = Runtime::new(options.clone(), services.clone()).expect("runtime");
         let t = Instant::now();
         let c = rt.compile(name, bytes).expect("load");
         cached.push(t.elapsed());
-        assert_eq!(c.cache(), trustgate::plugin::CacheOutcome::Hit);
+        assert_eq!(c.cache(), trustgate_runtime::CacheOutcome::Hit);
     }
     cached.sort();
     LoadReport {

@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use trustgate::protocol::{DeviceKey, Role};
-use trustgate::time::now_ms;
+use trustgate_protocol::now_ms;
+use trustgate_protocol::{DeviceKey, Role};
 
 /// Longest a test waits for any single frame before failing (instead of hanging).
 const WAIT: Duration = Duration::from_secs(15);

@@ -4,11 +4,9 @@
 #![allow(clippy::expect_used)] // test setup failing is a test failure
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use trustgate::plugin::{
-    Credentials, Limits, NoKubernetes, Peer, PluginSource, PluginSpec, Request, Runtime,
-    RuntimeOptions,
+use trustgate_runtime::{
+    Credentials, NoServices, Peer, PluginSource, PluginSpec, Request, Runtime, RuntimeSettings,
 };
 
 /// Paths of the compiled test guests.
@@ -38,26 +36,21 @@ pub fn request(method: &str, token: Option<&str>) -> Request {
     }
 }
 
-/// Limits for tests: the given deadline, a 32 MiB memory cap.
-pub fn limits(deadline_ms: u64) -> Limits {
-    Limits {
-        deadline: Duration::from_millis(deadline_ms),
-        memory_bytes: 32 << 20,
-        host_call_timeout: Duration::from_secs(2),
+/// Runtime settings for tests: the given deadline, a 32 MiB memory cap, 2 s host calls, no
+/// compile cache, 4 idle instances.
+pub fn limits(deadline_ms: u64) -> RuntimeSettings {
+    RuntimeSettings {
+        deadline_ms,
+        memory_mib: 32,
+        host_call_timeout_ms: 2_000,
+        cache_dir: None,
+        max_idle_instances: 4,
     }
 }
 
-/// A runtime with no Kubernetes and no compile cache.
-pub fn runtime(limits: Limits) -> Runtime {
-    Runtime::new(
-        RuntimeOptions {
-            limits,
-            cache_dir: None,
-            max_idle_instances: 4,
-        },
-        Arc::new(NoKubernetes),
-    )
-    .expect("runtime")
+/// A runtime with no host services (every verification is `not-configured`).
+pub fn runtime(settings: RuntimeSettings) -> Runtime {
+    Runtime::new(settings, Arc::new(NoServices::default())).expect("runtime")
 }
 
 /// A spec loading a file-based plugin with a JSON configuration.
@@ -74,13 +67,14 @@ pub fn spec(name: &str, path: &str, config: serde_json::Value) -> PluginSpec {
 
 pub mod bench;
 pub mod client;
+pub mod layering;
 pub mod tls;
 
 /// A gateway running in this test process on ephemeral loopback ports, with its state in a
 /// temporary directory.
 pub struct TestGateway {
     /// The running gateway.
-    pub running: trustgate::gateway::Running,
+    pub running: trustgate_gateway::Running,
     /// Its state directory (pairing store, admin token).
     pub dir: tempfile::TempDir,
 }
@@ -121,9 +115,9 @@ pub async fn gateway(sections: &str, chain: &str) -> TestGateway {
         "[gateway]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{sections}\n\n{chain}",
         dir.path().display().to_string()
     );
-    let config = trustgate::config::Config::parse(&text, "test.toml", dir.path())
+    let config = trustgate_gateway::config::Config::parse(&text, "test.toml", dir.path())
         .unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
-    let running = trustgate::gateway::start(&config)
+    let running = trustgate_gateway::start(&config)
         .await
         .unwrap_or_else(|e| panic!("gateway start: {e}"));
     TestGateway { running, dir }

@@ -1,0 +1,232 @@
+//! The admin HTTP listener: health probes and metrics (open), the pairing API, the sessions
+//! API and the operator page's data (bearer token).
+
+use std::net::SocketAddr;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::pairing_store::PairingError;
+use crate::{GatewayState, StartError};
+
+/// `[admin]`: the admin HTTP listener.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Address of the admin HTTP listener.
+    pub listen: SocketAddr,
+    /// File holding the admin API bearer token; created with a random token if missing.
+    /// Defaults to `admin-token` in the state directory.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
+            token_file: None,
+        }
+    }
+}
+
+/// Reads the admin token, creating the file with a random token if it does not exist.
+pub(crate) fn load_token(path: &FsPath) -> Result<String, StartError> {
+    let err = |source| StartError::AdminToken {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+        Ok(_) => Err(err(std::io::Error::other("the file is empty"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(err)?;
+            }
+            let mut raw = [0u8; 24];
+            rand::fill(&mut raw);
+            let token = hex::encode(raw);
+            crate::fsutil::write_atomic(path, token.as_bytes()).map_err(err)?;
+            info!(path = %path.display(), "created a new admin API token");
+            Ok(token)
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: Arc<GatewayState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/api/pairing", get(list_pairing))
+        .route("/api/pairing/{id}/{verb}", post(decide))
+        .route("/api/sessions", get(list_sessions))
+        .route("/api/overview", get(overview))
+        .route("/ui", get(ui))
+        .with_state(state);
+    let shutdown = async move {
+        let _ = stop.changed().await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "admin listener failed");
+    }
+}
+
+async fn metrics(State(state): State<Arc<GatewayState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn ready(State(state): State<Arc<GatewayState>>) -> Response {
+    let plugins = state.plugins().len();
+    if plugins == 0 {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no auth chain loaded\n").into_response();
+    }
+    axum::Json(json!({"ready": true, "plugins": plugins, "sessions": state.sessions.len()}))
+        .into_response()
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({"error": message.into()}))).into_response()
+}
+
+/// `Some(response)` when the request lacks the admin token. Compares digests so the comparison
+/// time does not depend on where the tokens differ.
+fn unauthorized(state: &GatewayState, headers: &HeaderMap) -> Option<Response> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return Some(error(
+            StatusCode::UNAUTHORIZED,
+            "missing `Authorization: Bearer <admin token>`",
+        ));
+    };
+    if Sha256::digest(presented.as_bytes()) != Sha256::digest(state.admin_token.as_bytes()) {
+        return Some(error(StatusCode::FORBIDDEN, "wrong admin token"));
+    }
+    None
+}
+
+fn pairing_failure(e: &PairingError) -> Response {
+    match e {
+        PairingError::UnknownRequest(_) => error(StatusCode::NOT_FOUND, e.to_string()),
+        _ => {
+            tracing::error!(error = %e, "pairing store failure");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the pairing store is unavailable",
+            )
+        }
+    }
+}
+
+async fn list_pairing(State(state): State<Arc<GatewayState>>, headers: HeaderMap) -> Response {
+    if let Some(r) = unauthorized(&state, &headers) {
+        return r;
+    }
+    axum::Json(json!({
+        "pending": state.pairing.pending(),
+        "devices": state.pairing.devices(),
+    }))
+    .into_response()
+}
+
+async fn decide(
+    State(state): State<Arc<GatewayState>>,
+    headers: HeaderMap,
+    Path((id, verb)): Path<(String, String)>,
+) -> Response {
+    if let Some(r) = unauthorized(&state, &headers) {
+        return r;
+    }
+    let result = match verb.as_str() {
+        "approve" => state.pairing.approve(&id).map(|device| {
+            tracing::info!(request = %id, device = %device.id, roles = ?device.roles, "pairing approved");
+            json!({"approved": true, "device": device})
+        }),
+        "reject" => state.pairing.reject(&id).map(|request| {
+            tracing::info!(request = %id, device = %request.device_id, "pairing rejected");
+            json!({"rejected": true, "request": request})
+        }),
+        _ => return error(StatusCode::NOT_FOUND, format!("no pairing action `{verb}` (approve, reject)")),
+    };
+    match result {
+        Ok(body) => axum::Json(body).into_response(),
+        Err(e) => pairing_failure(&e),
+    }
+}
+
+/// The operator page: a static shell; its data comes from `/api/overview` with the admin token
+/// the operator types in, so the page itself holds no secret and needs no external assets.
+async fn ui() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        include_str!("ui.html"),
+    )
+        .into_response()
+}
+
+async fn overview(State(state): State<Arc<GatewayState>>, headers: HeaderMap) -> Response {
+    if let Some(r) = unauthorized(&state, &headers) {
+        return r;
+    }
+    use std::sync::atomic::Ordering::Relaxed;
+    let plugins: Vec<_> = state
+        .plugins()
+        .iter()
+        .map(|p| {
+            let s = p.stats();
+            json!({
+                "name": p.name(),
+                "sha256": p.sha256(),
+                "calls": s.calls.load(Relaxed),
+                "denials": s.denials.load(Relaxed),
+                "failures": s.failures.load(Relaxed),
+                "p99Us": s.p99_us(),
+            })
+        })
+        .collect();
+    axum::Json(json!({
+        "sessions": state.sessions.list(),
+        "plugins": plugins,
+        "pending": state.pairing.pending(),
+    }))
+    .into_response()
+}
+
+async fn list_sessions(State(state): State<Arc<GatewayState>>, headers: HeaderMap) -> Response {
+    if let Some(r) = unauthorized(&state, &headers) {
+        return r;
+    }
+    axum::Json(json!({"sessions": state.sessions.list()})).into_response()
+}

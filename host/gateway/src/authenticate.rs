@@ -1,0 +1,429 @@
+//! Deciding who a peer is: device proof, device token, the plugin chain, role and scope checks,
+//! and the pairing fallback. Used by `connect`, `reauth` and the periodic re-validation.
+//!
+//! Deciding is pure: [`authenticate`] reads the pairing store but never writes it. It says
+//! what should happen ([`Decision`]); the caller performs the writes that follow (issuing a
+//! device token after a signature login, filing a pairing request), so a background
+//! re-validation can never file a pairing request or rotate a token.
+
+use std::net::SocketAddr;
+
+use serde_json::json;
+use trustgate_protocol::DEVICE_TOKEN_METHOD as DEVICE_METHOD;
+use trustgate_protocol::{AuthParams, ClientInfo, ErrorBody, ErrorCode, Pairing, Role};
+use trustgate_runtime::{
+    CachePolicy, Credentials, DenyCode, Device, Identity, Outcome, Peer, Request, StepKind,
+};
+
+use crate::GatewayState;
+use crate::pairing_store::DeviceRecord;
+
+/// Everything `connect` (or `reauth`) presented, with the device proof already verified.
+pub(crate) struct Attempt<'a> {
+    pub conn_id: &'a str,
+    pub remote: SocketAddr,
+    pub tls: bool,
+    pub client: &'a ClientInfo,
+    pub role: Role,
+    pub scopes: &'a [String],
+    pub auth: Option<&'a AuthParams>,
+    /// The verified device (id, public key), if the peer proved one.
+    pub device: Option<(String, String)>,
+}
+
+/// What should happen to an attempt.
+#[derive(Debug)]
+pub(crate) enum Decision {
+    /// The peer is who [`Authenticated`] says.
+    Allowed(Authenticated),
+    /// The peer is refused.
+    Refused(Refusal),
+    /// The peer proved a device that is not approved (for this role): on `connect` a pairing
+    /// request is filed and the answer is `NOT_PAIRED`.
+    PairingRequired(PairingRequired),
+}
+
+impl Decision {
+    /// The decision of a peer's own `connect` or `reauth`: a device that needs pairing gets a
+    /// pairing request filed (or its open one reused) and `NOT_PAIRED`.
+    pub(crate) fn or_file_pairing_request(
+        self,
+        state: &GatewayState,
+        attempt: &Attempt<'_>,
+    ) -> Result<Authenticated, Refusal> {
+        match self {
+            Self::Allowed(a) => Ok(a),
+            Self::Refused(r) => Err(r),
+            Self::PairingRequired(p) => Err(file_pairing_request(state, attempt, p)),
+        }
+    }
+}
+
+/// A device that needs an operator's approval.
+#[derive(Debug)]
+pub(crate) struct PairingRequired {
+    pub device_id: String,
+    pub public_key: String,
+    /// What the client is told.
+    pub message: &'static str,
+    /// The real cause, for the log.
+    pub cause: String,
+}
+
+/// A successful authentication.
+#[derive(Debug, Clone)]
+pub(crate) struct Authenticated {
+    /// The plugin that established the identity (`gateway` for a paired device).
+    pub plugin: Option<String>,
+    pub identity: Identity,
+    pub role: Role,
+    pub scopes: Vec<String>,
+    pub pairing: Pairing,
+    /// A paired device that proved itself by signature rather than a device token: on
+    /// `connect` it is issued a device token.
+    pub signed_in_device: Option<String>,
+    /// The device token issued with this authentication, if one was.
+    pub device_token: Option<String>,
+}
+
+/// A refusal: what the client is told, and what the log says.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    /// What the client is told (boxed: refusals travel in `Result`s on the hot path).
+    pub error: Box<ErrorBody>,
+    /// The real cause, for the log (never a secret).
+    pub cause: String,
+    /// The plugin that denied or failed, if one did.
+    pub plugin: Option<String>,
+}
+
+impl Refusal {
+    pub(crate) fn new(code: ErrorCode, reason: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self {
+            error: Box::new(
+                ErrorBody::new(code, message.clone()).with_details(json!({ "reason": reason })),
+            ),
+            cause: message,
+            plugin: None,
+        }
+    }
+}
+
+fn device_identity(record: &DeviceRecord) -> Identity {
+    Identity {
+        subject: format!("device:{}", record.id),
+        method: DEVICE_METHOD.into(),
+        groups: vec!["trustgate:paired-devices".into()],
+        attributes: vec![("device-id".into(), record.id.clone())],
+        roles: record
+            .roles
+            .iter()
+            .map(|r| r.as_str().to_string())
+            .collect(),
+        scopes: record.scopes.clone(),
+        expires_at_ms: None,
+        skip_pairing: false,
+    }
+}
+
+fn deny_code(code: DenyCode) -> ErrorCode {
+    match code {
+        DenyCode::Unauthenticated => ErrorCode::Unauthenticated,
+        DenyCode::Forbidden => ErrorCode::Forbidden,
+        DenyCode::Unavailable => ErrorCode::Unavailable,
+        DenyCode::RateLimited => ErrorCode::RateLimited,
+    }
+}
+
+/// Methods that carry no credential of their own, so an approved device may stand for the peer.
+fn is_device_method(method: &str) -> bool {
+    matches!(method, "" | "none" | DEVICE_METHOD | "device")
+}
+
+/// Files (or reuses) a pairing request for the device and refuses with `NOT_PAIRED`. The one
+/// place a decision leads to a pairing request; only a peer's own `connect` or `reauth` calls it.
+fn file_pairing_request(
+    state: &GatewayState,
+    attempt: &Attempt<'_>,
+    needed: PairingRequired,
+) -> Refusal {
+    let pending = state.pairing.request(
+        &needed.device_id,
+        &needed.public_key,
+        attempt.role,
+        attempt.scopes,
+        &attempt.client.id,
+        &attempt.remote.to_string(),
+    );
+    Refusal {
+        error: Box::new(
+            ErrorBody::new(ErrorCode::NotPaired, needed.message).with_details(json!({
+                "reason": "pairing-required",
+                "requestId": pending.request_id,
+                "expiresAtMs": pending.expires_at_ms,
+            })),
+        ),
+        cause: format!(
+            "{}; device {} not paired (request {})",
+            needed.cause, needed.device_id, pending.request_id
+        ),
+        plugin: None,
+    }
+}
+
+/// Issues a device token to a device that signed in (`connect` only).
+pub(crate) fn issue_device_token(
+    state: &GatewayState,
+    auth: &mut Authenticated,
+) -> Result<(), Refusal> {
+    let Some(device_id) = &auth.signed_in_device else {
+        return Ok(());
+    };
+    auth.device_token = state.pairing.issue_token(device_id).map_err(|e| Refusal {
+        error: Box::new(
+            ErrorBody::new(ErrorCode::Unavailable, "the pairing store is unavailable")
+                .with_details(json!({"reason": "pairing-store-unavailable"}))
+                .with_retry_after(Some(1_000)),
+        ),
+        cause: e.to_string(),
+        plugin: None,
+    })?;
+    Ok(())
+}
+
+/// Decides on an attempt. `cache` says whether the plugins' verifications may be answered
+/// from the review cache (a periodic re-validation passes [`CachePolicy::Bypass`]).
+pub(crate) async fn authenticate(
+    state: &GatewayState,
+    attempt: &Attempt<'_>,
+    cache: CachePolicy,
+) -> Decision {
+    match decide(state, attempt, cache).await {
+        Ok(a) => Decision::Allowed(a),
+        Err(Fallback::Refused(r)) => Decision::Refused(r),
+        Err(Fallback::Pair(p)) => Decision::PairingRequired(p),
+    }
+}
+
+/// Why [`decide`] stopped short of an identity.
+enum Fallback {
+    Refused(Refusal),
+    Pair(PairingRequired),
+}
+
+impl From<Refusal> for Fallback {
+    fn from(r: Refusal) -> Self {
+        Self::Refused(r)
+    }
+}
+
+async fn decide(
+    state: &GatewayState,
+    attempt: &Attempt<'_>,
+    cache: CachePolicy,
+) -> Result<Authenticated, Fallback> {
+    let method = attempt.auth.map(|a| a.method.as_str()).unwrap_or("none");
+    let device_token = attempt.auth.and_then(|a| a.device_token.as_deref());
+    if device_token.is_some() && attempt.auth.and_then(|a| a.token.as_ref()).is_some() {
+        return Err(Refusal::new(
+            ErrorCode::InvalidRequest,
+            "conflicting-credentials",
+            "auth.token and auth.deviceToken cannot be presented together",
+        )
+        .into());
+    }
+
+    // 1. A paired device stands for the peer when the peer presents no other credential.
+    let mut seeded: Option<(DeviceRecord, bool)> = None; // (device, came with a token)
+    if let Some(token) = device_token {
+        let Some(record) = state.pairing.device_for_token(token) else {
+            return Err(Refusal::new(
+                ErrorCode::Unauthenticated,
+                "device-token-invalid",
+                "the device token is unknown, revoked or superseded; pair again",
+            )
+            .into());
+        };
+        if let Some((id, _)) = &attempt.device
+            && *id != record.id
+        {
+            return Err(Refusal::new(
+                ErrorCode::Unauthenticated,
+                "device-token-mismatch",
+                "the device token belongs to another device",
+            )
+            .into());
+        }
+        seeded = Some((record, true));
+    } else if is_device_method(method)
+        && let Some((id, _)) = &attempt.device
+        && let Some(record) = state.pairing.device(id)
+        && record.roles.contains(&attempt.role)
+    {
+        // A device approved only for other roles pairs again for this one (below).
+        seeded = Some((record, false));
+    }
+
+    // 2. The plugin chain.
+    let request = Request {
+        credentials: Credentials {
+            method: method.to_string(),
+            token: attempt.auth.and_then(|a| a.token.clone()),
+            device_token: device_token.map(str::to_string),
+        },
+        device: attempt.device.as_ref().map(|(id, pk)| Device {
+            id: id.clone(),
+            public_key: pk.clone(),
+        }),
+        peer: Peer {
+            remote_addr: attempt.remote.to_string(),
+            tls: attempt.tls,
+            client_id: attempt.client.id.clone(),
+            client_version: attempt.client.version.clone(),
+            platform: attempt.client.platform.clone(),
+            conn_id: attempt.conn_id.to_string(),
+        },
+        role: attempt.role.as_str().to_string(),
+        scopes: attempt.scopes.to_vec(),
+    };
+    let chain = state.chain();
+    let verdict = chain
+        .evaluate(
+            &request,
+            seeded.as_ref().map(|(r, _)| device_identity(r)),
+            cache,
+        )
+        .await;
+    let (deny, failure) = match &verdict.outcome {
+        Outcome::Denied { denial, .. } => (Some(deny_code(denial.code).as_str()), None),
+        Outcome::Failed { failure, .. } => (None, Some(failure.cause())),
+        _ => (None, None),
+    };
+    state.metrics.record_steps(&verdict.steps, deny, failure);
+    let first_allow = verdict
+        .steps
+        .iter()
+        .find(|s| s.kind == StepKind::Allow)
+        .map(|s| s.plugin.clone());
+    let identity = match verdict.outcome {
+        Outcome::Allowed(identity) => identity,
+        Outcome::Denied { plugin, denial } => {
+            let code = deny_code(denial.code);
+            let mut error = ErrorBody::new(code, format!("denied by auth plugin `{plugin}`"))
+                .with_details(json!({ "reason": denial.reason, "plugin": plugin }))
+                .with_retry_after(denial.retry_after_ms.map(u64::from));
+            if code.retryable() && error.retry_after_ms.is_none() {
+                error.retry_after_ms = Some(1_000);
+            }
+            return Err(Refusal {
+                error: Box::new(error),
+                cause: format!(
+                    "plugin `{plugin}` denied ({}): {}",
+                    denial.reason, denial.message
+                ),
+                plugin: Some(plugin),
+            }
+            .into());
+        }
+        Outcome::Failed { plugin, failure } => {
+            return Err(Refusal {
+                error: Box::new(
+                    ErrorBody::new(
+                        ErrorCode::PluginFailed,
+                        format!("auth plugin `{plugin}` failed; access denied"),
+                    )
+                    .with_details(json!({ "plugin": plugin, "reason": failure.cause() })),
+                ),
+                cause: format!("plugin `{plugin}` {failure}"),
+                plugin: Some(plugin),
+            }
+            .into());
+        }
+        Outcome::NoDecision => {
+            return Err(match &attempt.device {
+                Some((id, pk)) if is_device_method(method) => Fallback::Pair(PairingRequired {
+                    device_id: id.clone(),
+                    public_key: pk.clone(),
+                    message: "this device is not paired; an operator must approve the request",
+                    cause: "no plugin decided".into(),
+                }),
+                _ if method == "none" => Refusal::new(
+                    ErrorCode::Unauthenticated,
+                    "no-credentials",
+                    "no credentials presented: send auth or a device identity",
+                )
+                .into(),
+                _ => Refusal::new(
+                    ErrorCode::Unauthenticated,
+                    "credentials-not-accepted",
+                    format!("no auth plugin accepted credentials of method `{method}`"),
+                )
+                .into(),
+            });
+        }
+    };
+
+    // 3. Role and scopes: only what the identity allows.
+    if !identity.roles.iter().any(|r| r == attempt.role.as_str()) {
+        return Err(Refusal::new(
+            ErrorCode::Forbidden,
+            "role-not-allowed",
+            format!(
+                "`{}` may not connect as {}",
+                identity.subject,
+                attempt.role.as_str()
+            ),
+        )
+        .into());
+    }
+    if let Some(s) = attempt.scopes.iter().find(|s| !identity.scopes.contains(s)) {
+        return Err(Refusal::new(
+            ErrorCode::Forbidden,
+            "scope-not-allowed",
+            format!("`{}` may not hold scope `{s}`", identity.subject),
+        )
+        .into());
+    }
+
+    // 4. Pairing: skipped only when a plugin said so; otherwise a paired device is needed.
+    let (pairing, signed_in_device) = match seeded {
+        Some((record, with_token)) => (Pairing::Paired, (!with_token).then_some(record.id)),
+        None if identity.skip_pairing => (Pairing::Skipped, None),
+        None => match &attempt.device {
+            Some((id, pk)) => match state.pairing.device(id) {
+                Some(record) if record.roles.contains(&attempt.role) => (Pairing::Paired, None),
+                _ => {
+                    return Err(Fallback::Pair(PairingRequired {
+                        device_id: id.clone(),
+                        public_key: pk.clone(),
+                        message: "this identity may not skip pairing and its device is not paired",
+                        cause: format!("{} may not skip pairing", identity.subject),
+                    }));
+                }
+            },
+            None => {
+                return Err(Refusal::new(
+                    ErrorCode::Unauthenticated,
+                    "device-required",
+                    format!(
+                        "`{}` may not skip pairing: present a device identity to pair",
+                        identity.subject
+                    ),
+                )
+                .into());
+            }
+        },
+    };
+    let plugin =
+        first_allow.or_else(|| (pairing == Pairing::Paired).then(|| "gateway".to_string()));
+    Ok(Authenticated {
+        plugin,
+        role: attempt.role,
+        scopes: attempt.scopes.to_vec(),
+        identity,
+        pairing,
+        signed_in_device,
+        device_token: None,
+    })
+}

@@ -1,0 +1,259 @@
+//! The handshake: challenge → `connect` → decision → registration and `hello-ok`, or a
+//! refusal that is recorded, answered and closed.
+
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tracing::info;
+use trustgate_protocol::{
+    CloseCode, ConnectParams, ErrorBody, ErrorCode, HelloAuth, HelloOk, HelloPolicy, HelloServer,
+    PROTOCOL_VERSION, ResponseFrame, Role, now_ms, parse_client_frame, parse_params,
+};
+use trustgate_runtime::CachePolicy;
+
+use super::session::Session;
+use super::{AuditEntry, Conn, Inbound, Source, invalid, next_frame, random_id, salvage_id};
+use crate::authenticate::{Attempt, authenticate, issue_device_token};
+use crate::registry::{SessionCommand, SessionInfo};
+
+/// The parts of a refusal the record and the answer need.
+#[derive(Clone, Copy)]
+struct Refused<'a> {
+    id: &'a str,
+    started: Instant,
+    method: &'a str,
+    role: Role,
+    plugin: Option<&'a str>,
+}
+
+impl<S> Conn<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Refuses a `connect`: records the decision, answers, and closes with the code's close code.
+    async fn refuse(&mut self, r: Refused<'_>, error: ErrorBody) {
+        self.record(AuditEntry {
+            event: "connect",
+            started: r.started,
+            method: r.method,
+            role: r.role,
+            subject: None,
+            error: Some(&error),
+            plugin: r.plugin,
+        });
+        let close = error.code.close_code();
+        self.fail(r.id, error, close).await;
+    }
+
+    /// Sends the challenge and runs `connect`. On success the session is registered (so it is
+    /// listed, routable and revocable) *before* `hello-ok` is sent.
+    pub(super) async fn handshake(&mut self, source: &mut Source<S>) -> Option<Session> {
+        let nonce = random_id("", 16);
+        if !self
+            .send_event(
+                "connect.challenge",
+                json!({"nonce": nonce, "ts": now_ms()}),
+                false,
+            )
+            .await
+        {
+            return None;
+        }
+        let timeout = self.state.limits.handshake_timeout();
+        let first = match tokio::time::timeout(timeout, next_frame(source)).await {
+            Ok(f) => f,
+            Err(_) => {
+                info!("no connect within the handshake timeout");
+                self.close(CloseCode::POLICY_VIOLATION, "handshake timeout: no connect")
+                    .await;
+                return None;
+            }
+        };
+        let text = match first {
+            Inbound::Text(t) => t,
+            Inbound::Binary => {
+                self.close(
+                    CloseCode::POLICY_VIOLATION,
+                    "the first frame must be a text req `connect`",
+                )
+                .await;
+                return None;
+            }
+            Inbound::TooBig => {
+                self.close(CloseCode::TOO_BIG, "message exceeds maxPayload")
+                    .await;
+                return None;
+            }
+            Inbound::Closed => return None,
+        };
+        let frame = match parse_client_frame(&text) {
+            Ok(f) => f,
+            Err(e) => {
+                info!(error = %e.message, "malformed first frame");
+                self.fail(&salvage_id(&text), invalid(&e), CloseCode::POLICY_VIOLATION)
+                    .await;
+                return None;
+            }
+        };
+        if frame.method != "connect" {
+            let e = ErrorBody::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "the first request must be `connect`, got `{}`",
+                    frame.method
+                ),
+            )
+            .with_details(json!({"field": "method"}));
+            self.fail(&frame.id, e, CloseCode::POLICY_VIOLATION).await;
+            return None;
+        }
+        let params: ConnectParams = match parse_params(&frame.params) {
+            Ok(p) => p,
+            Err(e) => {
+                info!(error = %e.message, "malformed connect");
+                self.fail(&frame.id, invalid(&e), CloseCode::POLICY_VIOLATION)
+                    .await;
+                return None;
+            }
+        };
+        let method = params
+            .auth
+            .as_ref()
+            .map_or("none", |a| a.method.as_str())
+            .to_string();
+        let refused = Refused {
+            id: &frame.id,
+            started: Instant::now(),
+            method: &method,
+            role: params.role,
+            plugin: None,
+        };
+        if params.min_protocol > PROTOCOL_VERSION || params.max_protocol < PROTOCOL_VERSION {
+            let e = ErrorBody::new(
+                ErrorCode::ProtocolMismatch,
+                format!(
+                    "this gateway speaks protocol {PROTOCOL_VERSION}; the client offers {}..={}",
+                    params.min_protocol, params.max_protocol
+                ),
+            )
+            .with_details(json!({"supported": [PROTOCOL_VERSION]}));
+            self.refuse(refused, e).await;
+            return None;
+        }
+        let live = self
+            .state
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if live > self.state.limits.max_connections {
+            let e = ErrorBody::new(
+                ErrorCode::RateLimited,
+                "the gateway is at its connection limit",
+            )
+            .with_retry_after(Some(1_000));
+            self.refuse(refused, e).await;
+            return None;
+        }
+        let device = match &params.device {
+            None => None,
+            Some(proof) => match proof.verify(
+                &params.client.id,
+                params.role,
+                &params.scopes,
+                &nonce,
+                now_ms(),
+            ) {
+                Ok(id) => Some((id, proof.public_key.clone())),
+                Err(e) => {
+                    info!(reason = e.reason(), "device proof rejected: {e}");
+                    let body = ErrorBody::new(ErrorCode::Unauthenticated, e.to_string())
+                        .with_details(json!({"reason": e.reason()}));
+                    self.refuse(refused, body).await;
+                    return None;
+                }
+            },
+        };
+        let attempt = Attempt {
+            conn_id: &self.conn_id,
+            remote: self.remote,
+            tls: self.tls,
+            client: &params.client,
+            role: params.role,
+            scopes: &params.scopes,
+            auth: params.auth.as_ref(),
+            device,
+        };
+        let decided = authenticate(&self.state, &attempt, CachePolicy::Use)
+            .await
+            .or_file_pairing_request(&self.state, &attempt)
+            .and_then(|mut a| issue_device_token(&self.state, &mut a).map(|()| a));
+        let auth = match decided {
+            Ok(a) => a,
+            Err(refusal) => {
+                info!(code = %refusal.error.code, cause = %refusal.cause, "connect refused");
+                let plugin = refusal.plugin.as_deref();
+                self.refuse(Refused { plugin, ..refused }, *refusal.error)
+                    .await;
+                return None;
+            }
+        };
+        let hello = HelloOk {
+            kind: "hello-ok".into(),
+            protocol: PROTOCOL_VERSION,
+            server: HelloServer {
+                version: env!("CARGO_PKG_VERSION").into(),
+                conn_id: self.conn_id.clone(),
+            },
+            auth: HelloAuth {
+                method: auth.identity.method.clone(),
+                subject: auth.identity.subject.clone(),
+                role: auth.role,
+                scopes: auth.scopes.clone(),
+                pairing: auth.pairing,
+                device_token: auth.device_token.clone(),
+                expires_at_ms: auth.identity.expires_at_ms,
+            },
+            policy: HelloPolicy {
+                max_payload: self.state.limits.max_payload,
+                handshake_timeout_ms: self.state.limits.handshake_timeout_ms,
+                tick_interval_ms: self.state.limits.tick_interval_ms,
+            },
+        };
+        self.record(AuditEntry {
+            event: "connect",
+            started: refused.started,
+            method: &method,
+            role: params.role,
+            subject: Some(&auth.identity.subject),
+            error: None,
+            plugin: auth.plugin.as_deref(),
+        });
+        let payload = serde_json::to_value(&hello).unwrap_or(Value::Null);
+        // Register first: a peer told it is connected must already be listed, reachable by
+        // `worker.invoke` and covered by revocations. Commands sent before the session loop
+        // starts wait in the channel and are served right after `hello-ok`.
+        let (cmd_tx, commands) = mpsc::channel::<SessionCommand>(64);
+        self.state.sessions.insert(
+            SessionInfo {
+                conn_id: self.conn_id.clone(),
+                subject: auth.identity.subject.clone(),
+                role: auth.role,
+                method: auth.identity.method.clone(),
+                client_id: params.client.id.clone(),
+                instance_id: params.client.instance_id.clone(),
+                remote_addr: self.remote.to_string(),
+                connected_at_ms: now_ms(),
+                expires_at_ms: auth.identity.expires_at_ms,
+                attributes: auth.identity.attributes.iter().cloned().collect(),
+            },
+            cmd_tx,
+        );
+        if !self.send_json(&ResponseFrame::ok(&frame.id, payload)).await {
+            self.state.sessions.remove(&self.conn_id);
+            return None;
+        }
+        info!(subject = %auth.identity.subject, role = auth.role.as_str(), method = %auth.identity.method, pairing = ?auth.pairing, "connected");
+        Some(Session::new(params, auth, commands))
+    }
+}

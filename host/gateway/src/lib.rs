@@ -1,0 +1,294 @@
+//! The trustgate gateway: a WebSocket listener whose peers are authenticated by a chain of
+//! WebAssembly plugins, with device pairing as the fallback.
+//!
+//! This crate composes the layers below it — `trustgate-protocol` (wire types),
+//! `trustgate-runtime` (the plugin host) and `trustgate-k8s` (the Kubernetes client) — and owns
+//! everything that is the gateway's own business: the listener, the handshake and the session
+//! of each connection, the session registry, the pairing store, the admin API, metrics, the
+//! audit log, hot reload, and the configuration file that composes every layer's settings.
+//!
+//! Start one with [`start`] on a [`Config`](config::Config); ARCHITECTURE.md follows a connection
+//! through the files.
+
+mod admin;
+pub mod audit;
+mod authenticate;
+pub mod config;
+mod connection;
+pub mod fsutil;
+mod kube_services;
+mod limits;
+mod listener;
+pub mod metrics;
+pub mod pairing_store;
+pub mod registry;
+mod reload;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, RwLock};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::info;
+
+pub use admin::AdminSettings;
+pub use audit::{Audit, AuditOutput, AuditRecord, AuditSettings};
+pub use config::{Config, ConfigError};
+pub use kube_services::{KubeServices, NO_KUBERNETES};
+pub use limits::ProtocolLimits;
+pub use listener::{ListenerSettings, TlsSettings};
+pub use metrics::Metrics;
+pub use pairing_store::{
+    DeviceRecord, PairingError, PairingSettings, PairingStore, PendingRequest,
+};
+pub use registry::{SessionInfo, Sessions};
+pub use reload::Reloader;
+
+use trustgate_runtime::{Chain, HostServices, Runtime, RuntimeError, WasmPlugin};
+
+/// The loaded auth chain and its plugins.
+#[derive(Debug, Clone)]
+pub struct LoadedChain {
+    /// The chain.
+    pub chain: Arc<Chain>,
+    /// Its plugins, in order.
+    pub plugins: Vec<Arc<WasmPlugin>>,
+}
+
+/// State shared by every connection.
+pub struct GatewayState {
+    pub(crate) limits: ProtocolLimits,
+    pub(crate) pairing: PairingStore,
+    pub(crate) sessions: Sessions,
+    pub(crate) connections: AtomicUsize,
+    chain: RwLock<LoadedChain>,
+    admin_token: String,
+    pub(crate) metrics: Metrics,
+    pub(crate) audit: Audit,
+}
+
+impl std::fmt::Debug for GatewayState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayState")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayState {
+    /// The chain new handshakes use.
+    pub fn chain(&self) -> Arc<Chain> {
+        self.chain
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .chain
+            .clone()
+    }
+
+    /// The loaded plugins.
+    pub fn plugins(&self) -> Vec<Arc<WasmPlugin>> {
+        self.chain
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .plugins
+            .clone()
+    }
+
+    /// Replaces the chain new handshakes use. Handshakes already running finish on the chain
+    /// they started with; live sessions are untouched.
+    pub fn swap_chain(&self, loaded: LoadedChain) {
+        *self.chain.write().unwrap_or_else(|p| p.into_inner()) = loaded;
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Live sessions.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    /// The pairing store.
+    pub fn pairing(&self) -> &PairingStore {
+        &self.pairing
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration (or a plugin it references) is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The plugin runtime could not be created.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The pairing store could not be opened.
+    #[error(transparent)]
+    Pairing(#[from] PairingError),
+    /// TLS material could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The audit log could not be opened.
+    #[error("audit log: {0}")]
+    Audit(#[source] std::io::Error),
+    /// The admin token file could not be read or created.
+    #[error("admin token file {path}: {source}")]
+    AdminToken {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Kubernetes client could not be set up.
+    #[error(transparent)]
+    Kubernetes(#[from] trustgate_k8s::SetupError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running gateway. Dropping it does not stop it; call [`Running::shutdown`].
+pub struct Running {
+    /// The WebSocket listener's bound address.
+    pub ws_addr: SocketAddr,
+    /// The admin listener's bound address.
+    pub admin_addr: SocketAddr,
+    /// Whether the WebSocket listener uses TLS.
+    pub tls: bool,
+    /// Shared state (sessions, pairing, chain).
+    pub state: Arc<GatewayState>,
+    /// What plugins' host calls reach (kept for reloads).
+    services: Arc<dyn HostServices>,
+    /// The Kubernetes client, if configured.
+    pub kubernetes: Option<Arc<trustgate_k8s::Kubernetes>>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("ws_addr", &self.ws_addr)
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// A handle to reload the auth chain.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            state: self.state.clone(),
+            services: self.services.clone(),
+        }
+    }
+
+    /// Stops accepting connections and waits for the listeners to end. Live sessions end
+    /// when their tasks notice the listener is gone or their peers disconnect.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Waits until the listeners stop (they stop only on [`Running::shutdown`] or an error).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Starts a gateway from a configuration; `[kubernetes]` decides what stands behind the
+/// plugins' TokenReview and JWT host calls.
+pub async fn start(config: &Config) -> Result<Running, StartError> {
+    match &config.kubernetes {
+        Some(settings) => {
+            let kube = Arc::new(trustgate_k8s::Kubernetes::connect(settings.clone()).await?);
+            start_inner(config, Arc::new(KubeServices(kube.clone())), Some(kube)).await
+        }
+        None => start_inner(config, Arc::new(NO_KUBERNETES), None).await,
+    }
+}
+
+/// Starts a gateway with `services` behind the plugins' host calls.
+pub async fn start_with(
+    config: &Config,
+    services: Arc<dyn HostServices>,
+) -> Result<Running, StartError> {
+    start_inner(config, services, None).await
+}
+
+async fn start_inner(
+    config: &Config,
+    services: Arc<dyn HostServices>,
+    kubernetes: Option<Arc<trustgate_k8s::Kubernetes>>,
+) -> Result<Running, StartError> {
+    tls::install_crypto_provider();
+    let runtime = Runtime::new(config.plugins.clone(), services.clone())?;
+    let (chain, plugins) = config.load_chain(&runtime).await?;
+    let pairing = PairingStore::open(&config.pairing_store(), &config.pairing)?;
+    let admin_token = admin::load_token(&config.admin_token_file())?;
+    let acceptor = match &config.gateway.tls {
+        Some(t) => Some(tls::acceptor(&t.cert_file, &t.key_file)?),
+        None => None,
+    };
+    let state = Arc::new(GatewayState {
+        limits: config.limits.clone(),
+        pairing,
+        sessions: Sessions::default(),
+        connections: AtomicUsize::new(0),
+        chain: RwLock::new(LoadedChain {
+            chain: Arc::new(chain),
+            plugins,
+        }),
+        admin_token,
+        metrics: Metrics::new(),
+        audit: Audit::open(&config.audit.output).map_err(StartError::Audit)?,
+    });
+    state
+        .metrics
+        .collect_from(Arc::downgrade(&state), kubernetes.clone());
+    let bind = |addr: SocketAddr| async move {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
+        Ok::<_, StartError>((listener, local))
+    };
+    let (ws, ws_addr) = bind(config.gateway.listen).await?;
+    let (admin, admin_addr) = bind(config.admin.listen).await?;
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let tls = acceptor.is_some();
+    tasks.spawn(listener::accept_loop(
+        ws,
+        acceptor,
+        state.clone(),
+        stopped.clone(),
+    ));
+    tasks.spawn(admin::serve(admin, state.clone(), stopped));
+    info!(%ws_addr, %admin_addr, tls, plugins = state.plugins().len(), "gateway listening");
+    Ok(Running {
+        ws_addr,
+        admin_addr,
+        tls,
+        state,
+        services,
+        kubernetes,
+        stop,
+        tasks,
+    })
+}

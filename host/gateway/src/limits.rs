@@ -1,0 +1,78 @@
+//! `[limits]`: the protocol limits every connection runs under (message size, handshake and
+//! invoke timeouts, tick and re-validation intervals, connection count). The plugin sandbox's
+//! limits are the runtime's (`trustgate_runtime::RuntimeSettings`), not these.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Protocol limits in force.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProtocolLimits {
+    /// Largest WebSocket message accepted, in bytes.
+    pub max_payload: usize,
+    /// How long a client has to send `connect`, in milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// Concurrent connections beyond which `connect` is answered `RATE_LIMITED`.
+    pub max_connections: usize,
+    /// Interval of `tick` events, in milliseconds.
+    pub tick_interval_ms: u64,
+    /// How long an operator's `worker.invoke` waits for the worker's result, in milliseconds.
+    pub invoke_timeout_ms: u64,
+    /// How often live sessions' credentials are validated again (a revoked token, a deleted
+    /// pod or a revoked device closes the session with 4401), in milliseconds.
+    pub revalidate_interval_ms: u64,
+}
+
+impl Default for ProtocolLimits {
+    fn default() -> Self {
+        Self {
+            max_payload: 1 << 20,
+            handshake_timeout_ms: 10_000,
+            max_connections: 10_000,
+            tick_interval_ms: 15_000,
+            invoke_timeout_ms: 30_000,
+            revalidate_interval_ms: 300_000,
+        }
+    }
+}
+
+impl ProtocolLimits {
+    /// Refuses values that would disable a limit: `(key, message)` of the first offender.
+    pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (key, value, min) in [
+            ("max_payload", self.max_payload as u64, 1024),
+            ("handshake_timeout_ms", self.handshake_timeout_ms, 1),
+            ("max_connections", self.max_connections as u64, 1),
+            ("tick_interval_ms", self.tick_interval_ms, 10),
+            ("invoke_timeout_ms", self.invoke_timeout_ms, 1),
+            ("revalidate_interval_ms", self.revalidate_interval_ms, 10),
+        ] {
+            if value < min {
+                return Err((key, format!("must be at least {min}, got {value}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Time allowed for `connect`.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// Interval of `tick` events.
+    pub fn tick_interval(&self) -> Duration {
+        Duration::from_millis(self.tick_interval_ms)
+    }
+
+    /// How long `worker.invoke` waits.
+    pub fn invoke_timeout(&self) -> Duration {
+        Duration::from_millis(self.invoke_timeout_ms)
+    }
+
+    /// Interval of credential re-validation of live sessions.
+    pub fn revalidate_interval(&self) -> Duration {
+        Duration::from_millis(self.revalidate_interval_ms)
+    }
+}

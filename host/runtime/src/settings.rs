@@ -1,0 +1,118 @@
+//! The runtime's settings: the `[plugins]` table of a gateway configuration, deserialised as is.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How plugins are run: sandbox limits applied to every call and the compile cache.
+///
+/// Deserialised strictly (`deny_unknown_fields`); every field has a default, so `{}` (or an
+/// absent table) is a valid configuration. Call [`RuntimeSettings::validate`] after
+/// deserialising: it refuses values that would disable a fence.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSettings {
+    /// CPU time one `configure` or `authenticate` call may use inside the guest, in
+    /// milliseconds. Time the guest spends waiting on host calls does not count.
+    pub deadline_ms: u64,
+    /// Cap on each instance's linear memory (and tables), in MiB.
+    pub memory_mib: u64,
+    /// Wall-clock limit of one host call (TokenReview, JWT verification), in milliseconds.
+    pub host_call_timeout_ms: u64,
+    /// Directory for compiled components; `None` compiles on every start. The embedder
+    /// resolves relative paths before handing the settings over.
+    pub cache_dir: Option<PathBuf>,
+    /// Configured instances each plugin keeps ready for reuse.
+    pub max_idle_instances: usize,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        Self {
+            deadline_ms: 50,
+            memory_mib: 64,
+            host_call_timeout_ms: 5_000,
+            cache_dir: None,
+            max_idle_instances: std::thread::available_parallelism()
+                .map(|n| n.get() * 4)
+                .unwrap_or(8),
+        }
+    }
+}
+
+/// A setting outside its allowed range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{key}`: {message}")]
+pub struct SettingsError {
+    /// The offending key, relative to the settings table (e.g. `deadline_ms`).
+    pub key: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl RuntimeSettings {
+    /// Refuses values that would disable a fence or cannot work.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let range = |key: &'static str, value: u64, min: u64, max: u64| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(SettingsError {
+                    key,
+                    message: format!("must be between {min} and {max}, got {value}"),
+                })
+            }
+        };
+        range("deadline_ms", self.deadline_ms, 1, 60_000)?;
+        range("memory_mib", self.memory_mib, 1, 4_096)?;
+        range(
+            "host_call_timeout_ms",
+            self.host_call_timeout_ms,
+            1,
+            600_000,
+        )?;
+        range(
+            "max_idle_instances",
+            self.max_idle_instances as u64,
+            0,
+            4_096,
+        )?;
+        Ok(())
+    }
+
+    /// The CPU deadline of one call.
+    pub fn deadline(&self) -> Duration {
+        Duration::from_millis(self.deadline_ms)
+    }
+
+    /// The memory cap of one instance, in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        (self.memory_mib as usize) << 20
+    }
+
+    /// The wall-clock limit of one host call.
+    pub fn host_call_timeout(&self) -> Duration {
+        Duration::from_millis(self.host_call_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_unknown_keys_are_refused() {
+        RuntimeSettings::default().validate().unwrap();
+        let s: RuntimeSettings = serde_json::from_str(r#"{"deadline_ms": 5}"#).unwrap();
+        assert_eq!(s.deadline(), Duration::from_millis(5));
+        assert_eq!(s.memory_bytes(), 64 << 20);
+        let e = serde_json::from_str::<RuntimeSettings>(r#"{"memroy_mib": 5}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `memroy_mib`"), "{e}");
+        let zero = RuntimeSettings {
+            deadline_ms: 0,
+            ..RuntimeSettings::default()
+        };
+        assert_eq!(zero.validate().unwrap_err().key, "deadline_ms");
+    }
+}

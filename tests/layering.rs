@@ -1,0 +1,108 @@
+//! The crate layering is a Cargo rule: protocol, runtime and Kubernetes client know nothing
+//! of the gateway, the gateway nothing of the binary, guests nothing of the host, and nothing
+//! under tests/ is in the production graph. Checked on the real workspace, and shown to catch
+//! each kind of violation on doctored copies of it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // helpers of tests: a failed setup is a failed test
+
+use serde_json::{Value, json};
+use trustgate_tests::layering::check;
+
+fn metadata() -> Value {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("metadata JSON")
+}
+
+/// The metadata with one more dependency edge.
+fn with_edge(mut m: Value, from: &str, dep: Value) -> Value {
+    let p = m["packages"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|p| p["name"] == from)
+        .unwrap_or_else(|| panic!("no package {from}"));
+    p["dependencies"].as_array_mut().unwrap().push(dep);
+    m
+}
+
+fn dep(name: &str, kind: Option<&str>, path: Option<&str>) -> Value {
+    json!({"name": name, "kind": kind, "optional": false, "path": path})
+}
+
+#[test]
+fn the_workspace_respects_its_layers() {
+    let violations = check(&metadata());
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+#[test]
+fn each_kind_of_violation_is_caught() {
+    let m = metadata();
+    let root = m["workspace_root"].as_str().unwrap().to_string();
+    let cases = [
+        // a lower crate gaining a dependency on a higher one
+        (
+            "trustgate-runtime",
+            dep("trustgate-gateway", None, None),
+            "trustgate-runtime (layer 0) has a normal dependency on trustgate-gateway (layer 1)",
+        ),
+        // the bottom layer knowing each other
+        (
+            "trustgate-runtime",
+            dep("trustgate-protocol", None, None),
+            "only depend on lower layers",
+        ),
+        (
+            "trustgate-k8s",
+            dep("trustgate-runtime", Some("build"), None),
+            "has a build dependency on trustgate-runtime",
+        ),
+        // test code in the production graph
+        (
+            "trustgate-gateway",
+            dep("helper", None, Some(&format!("{root}/tests/helper"))),
+            "under tests/",
+        ),
+        // the development cluster outside the binary's optional feature
+        (
+            "trustgate-gateway",
+            dep("trustgate-devcluster", None, None),
+            "development tool trustgate-devcluster",
+        ),
+        // a guest reaching into the host
+        (
+            "trustgate-allowlist",
+            dep("trustgate-runtime", None, None),
+            "guests share only wit/",
+        ),
+        // a dev-dependency pointing up
+        (
+            "trustgate-protocol",
+            dep("trustgate", Some("dev"), None),
+            "dev-dependency on trustgate (layer 2)",
+        ),
+    ];
+    for (from, edge, expected) in cases {
+        let violations = check(&with_edge(m.clone(), from, edge.clone()));
+        assert!(
+            violations.iter().any(|v| v.contains(expected)),
+            "{from} -> {edge}: expected a violation containing {expected:?}, got {violations:#?}"
+        );
+    }
+}

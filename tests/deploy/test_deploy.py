@@ -290,3 +290,5 @@ def test_dockerfile_is_multi_stage_and_runs_as_non_root():
     assert user and user[-1].split()[1].split(":")[0] not in ("0", "root")
     assert any(l.startswith("ENTRYPOINT") and "trustgate" in l for l in final)
     assert any("wasm32-wasip2" in l for l in lines)
+    # the production image leaves the development cluster issuer out
+    assert any("cargo build" in l and "--no-default-features" in l for l in lines)

@@ -22,12 +22,12 @@ pub(crate) struct SigningKey {
 }
 
 impl SigningKey {
-    pub(crate) fn generate() -> anyhow::Result<Self> {
+    pub(crate) fn generate() -> crate::Result<Self> {
         Self::from_private(rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048)?)
     }
 
     /// Loads the key in `path` (PKCS#1 PEM), creating it on first use.
-    pub(crate) fn persistent(path: &std::path::Path) -> anyhow::Result<Self> {
+    pub(crate) fn persistent(path: &std::path::Path) -> crate::Result<Self> {
         use rsa::pkcs1::DecodeRsaPrivateKey;
         match std::fs::read_to_string(path) {
             Ok(pem) => Self::from_private(rsa::RsaPrivateKey::from_pkcs1_pem(&pem)?),
@@ -46,7 +46,7 @@ impl SigningKey {
         }
     }
 
-    fn from_private(private: rsa::RsaPrivateKey) -> anyhow::Result<Self> {
+    fn from_private(private: rsa::RsaPrivateKey) -> crate::Result<Self> {
         let public = private.to_public_key();
         let der = public.to_pkcs1_der()?;
         let kid = hex::encode(&sha2_256(der.as_bytes())[..16]);
@@ -197,7 +197,7 @@ pub(crate) fn now_s() -> u64 {
 }
 
 impl Issuer {
-    pub(crate) fn new(issuer: String, key: SigningKey) -> anyhow::Result<Self> {
+    pub(crate) fn new(issuer: String, key: SigningKey) -> crate::Result<Self> {
         Ok(Self {
             api_audiences: vec![issuer.clone()],
             issuer,
@@ -208,7 +208,7 @@ impl Issuer {
         })
     }
 
-    pub(crate) fn mint(&mut self, req: &TokenRequest) -> anyhow::Result<(String, Claims)> {
+    pub(crate) fn mint(&mut self, req: &TokenRequest) -> crate::Result<(String, Claims)> {
         let sa_key = format!("{}/{}", req.namespace, req.service_account);
         let sa_uid = self
             .service_accounts
@@ -251,10 +251,7 @@ impl Issuer {
                 }),
             },
         };
-        let key = self
-            .keys
-            .last()
-            .ok_or_else(|| anyhow::anyhow!("no signing key"))?;
+        let key = self.keys.last().ok_or(crate::Error::NoSigningKey)?;
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some(key.kid.clone());
         let token = jsonwebtoken::encode(&header, &claims, &key.encoding)?;

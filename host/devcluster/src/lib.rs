@@ -13,6 +13,38 @@
 
 mod issuer;
 
+/// Why the development cluster could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or writing a file (signing key, kubeconfig) or binding the listener failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The RSA signing key could not be generated or read.
+    #[error("signing key: {0}")]
+    Key(#[from] rsa::Error),
+    /// The RSA signing key could not be encoded or decoded.
+    #[error("signing key encoding: {0}")]
+    KeyEncoding(#[from] rsa::pkcs1::Error),
+    /// The TLS certificate could not be made.
+    #[error("certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+    /// The generated TLS key is not in a form rustls takes.
+    #[error("TLS key: {0}")]
+    TlsKey(&'static str),
+    /// rustls refused the certificate.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// A token could not be signed.
+    #[error("token: {0}")]
+    Token(#[from] jsonwebtoken::errors::Error),
+    /// Every signing key has been retired.
+    #[error("no signing key")]
+    NoSigningKey,
+}
+
+/// The development cluster's results.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -91,7 +123,7 @@ impl std::fmt::Debug for ApiServer {
 
 /// Mints a token with the signing key in `key_file` (created if missing), without a server:
 /// what `trustgate dev token` does. A server started with the same key file accepts it.
-pub fn mint_offline(key_file: &Path, request: &TokenRequest) -> anyhow::Result<(String, Claims)> {
+pub fn mint_offline(key_file: &Path, request: &TokenRequest) -> Result<(String, Claims)> {
     let key = SigningKey::persistent(key_file)?;
     Issuer::new(DEFAULT_ISSUER.to_string(), key)?.mint(request)
 }
@@ -120,18 +152,18 @@ fn status(code: u16, reason: &str, message: &str, details: Option<Value>) -> Res
 
 impl ApiServer {
     /// Starts a server on `127.0.0.1` with a fresh CA, key and issuer [`DEFAULT_ISSUER`].
-    pub async fn start() -> anyhow::Result<Self> {
+    pub async fn start() -> Result<Self> {
         Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
     }
 
     /// Starts a server on `addr` with a fresh signing key.
-    pub async fn start_on(addr: SocketAddr) -> anyhow::Result<Self> {
+    pub async fn start_on(addr: SocketAddr) -> Result<Self> {
         Self::start_with(addr, None).await
     }
 
     /// Starts a server on `addr`; with `key_file`, the issuer's signing key is loaded from (or
     /// created in) that file, so tokens minted with [`mint_offline`] by another process validate.
-    pub async fn start_with(addr: SocketAddr, key_file: Option<&Path>) -> anyhow::Result<Self> {
+    pub async fn start_with(addr: SocketAddr, key_file: Option<&Path>) -> Result<Self> {
         let signing_key = match key_file {
             Some(path) => SigningKey::persistent(path)?,
             None => SigningKey::generate()?,
@@ -163,7 +195,7 @@ impl ApiServer {
             .with_single_cert(
                 vec![cert.der().clone(), ca.der().clone()],
                 rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
-                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+                    .map_err(Error::TlsKey)?,
             )?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let listener = TcpListener::bind(addr).await?;
@@ -269,7 +301,7 @@ impl ApiServer {
     }
 
     /// Writes a kubeconfig for this server into `dir` and returns its path.
-    pub fn kubeconfig(&self, dir: &Path) -> anyhow::Result<PathBuf> {
+    pub fn kubeconfig(&self, dir: &Path) -> Result<PathBuf> {
         self.kubeconfig_with(dir, "kubeconfig", &self.ca_pem(), self.reviewer_token())
     }
 
@@ -280,7 +312,7 @@ impl ApiServer {
         name: &str,
         ca_pem: &str,
         token: &str,
-    ) -> anyhow::Result<PathBuf> {
+    ) -> Result<PathBuf> {
         let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: gateway\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: gateway\ncurrent-context: test\n",
@@ -292,7 +324,7 @@ impl ApiServer {
     }
 
     /// Mints a token (TokenRequest). Creates the ServiceAccount and pod as needed.
-    pub fn token(&self, request: &TokenRequest) -> anyhow::Result<(String, Claims)> {
+    pub fn token(&self, request: &TokenRequest) -> Result<(String, Claims)> {
         self.lock_issuer().mint(request)
     }
 
@@ -306,7 +338,7 @@ impl ApiServer {
 
     /// Adds a new signing key; new tokens use it. With `retire_old`, older keys are dropped
     /// (tokens signed with them stop validating and disappear from the JWKS).
-    pub fn rotate_key(&self, retire_old: bool) -> anyhow::Result<String> {
+    pub fn rotate_key(&self, retire_old: bool) -> Result<String> {
         let key = SigningKey::generate()?;
         let kid = key.kid.clone();
         let mut issuer = self.lock_issuer();

@@ -9,6 +9,13 @@ mod wasm_guests;
 use std::fmt::Write;
 use std::path::PathBuf;
 
+/// Built a second time against contract 0.1.0.
+const LEGACY: &[&str] = &[
+    "guest-scripted",
+    "trustgate-allowlist",
+    "trustgate-k8s-sa-trust",
+];
+
 const GUESTS: &[&str] = &[
     "guest-scripted",
     "guest-hostile",
@@ -23,6 +30,12 @@ fn main() {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     println!("cargo:rerun-if-changed=../host/builtins/build_support/wasm_guests.rs");
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
+    for p in ["plugins/sdk", "plugins/allowlist", "plugins/k8s-sa-trust"] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            root.join(p).join("Cargo.toml").display()
+        );
+    }
     for g in GUESTS {
         let dir = manifest_dir
             .join("guests")
@@ -32,19 +45,35 @@ fn main() {
             dir.join("Cargo.toml").display()
         );
     }
-    let built = wasm_guests::build(&root, GUESTS);
     let mut src = String::new();
-    for (package, wasm) in built {
-        let dest = out_dir.join(format!("{package}.wasm"));
-        std::fs::copy(&wasm, &dest).unwrap();
-        let konst = package.to_uppercase().replace('-', "_");
-        writeln!(src, "/// Path of the `{package}` test component.").unwrap();
-        writeln!(
-            src,
-            "pub const {konst}: &str = {:?};",
-            dest.display().to_string()
-        )
-        .unwrap();
-    }
+    let mut emit = |built: Vec<(String, PathBuf)>, suffix: &str, what: &str| {
+        for (package, wasm) in built {
+            let dest = out_dir.join(format!("{package}{suffix}.wasm"));
+            std::fs::copy(&wasm, &dest).unwrap();
+            let konst = format!("{package}{suffix}")
+                .to_uppercase()
+                .replace(['-', '.'], "_");
+            writeln!(src, "/// Path of the `{package}` {what}.").unwrap();
+            writeln!(
+                src,
+                "pub const {konst}: &str = {:?};",
+                dest.display().to_string()
+            )
+            .unwrap();
+        }
+    };
+    emit(wasm_guests::build(&root, GUESTS), "", "test component");
+    // The same sources against the deprecated contract 0.1.0: the scripted guest for the
+    // compatibility tests, the first-party plugins for the benchmark's 0.1 row.
+    emit(
+        wasm_guests::build_with(
+            &root,
+            LEGACY,
+            &["trustgate-plugin-sdk/contract-0-1"],
+            "wasm-guests-0.1",
+        ),
+        "-v0-1",
+        "component built against trustgate:auth@0.1.0",
+    );
     std::fs::write(out_dir.join("guests.rs"), src).unwrap();
 }

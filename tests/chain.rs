@@ -1,15 +1,17 @@
-//! Chain semantics, exhaustively: every sequence of allow/deny/abstain of length 1 to 3, run
-//! through real components, against the rules in docs/plugins.md.
+//! Chain semantics, exhaustively: every sequence of allow/permit/deny/abstain of length 1 to
+//! 3, run through real components, against the rules in docs/plugins.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // helpers of tests: a failed setup is a failed test
 
 use std::sync::Arc;
 
 use serde_json::json;
-use trustgate_runtime::{AuthProvider, CachePolicy, Chain, Outcome, PluginFailure, StepKind};
+use trustgate_runtime::{
+    AuthProvider, CachePolicy, Chain, Grants, Outcome, PluginFailure, StepKind,
+};
 use trustgate_tests::{guests, limits, request, runtime};
 
-const DECISIONS: [&str; 3] = ["allow", "deny", "abstain"];
+const DECISIONS: [&str; 4] = ["allow", "deny", "abstain", "permit"];
 
 /// The rules, stated independently of the implementation.
 fn expected(seq: &[&str]) -> (String, usize) {
@@ -55,6 +57,7 @@ async fn every_combination_of_allow_deny_abstain() {
                     &format!("p{pos}-{d}"),
                     &compiled,
                     &json!({"decision": d, "roles": ["worker"]}),
+                    Grants::default(),
                 )
                 .await
                 .unwrap();
@@ -71,7 +74,7 @@ async fn every_combination_of_allow_deny_abstain() {
             let mut i = 0;
             while i < len {
                 seq[i] += 1;
-                if seq[i] < 3 {
+                if seq[i] < DECISIONS.len() {
                     break;
                 }
                 seq[i] = 0;
@@ -82,7 +85,7 @@ async fn every_combination_of_allow_deny_abstain() {
             }
         }
     }
-    assert_eq!(sequences.len(), 3 + 9 + 27);
+    assert_eq!(sequences.len(), 4 + 16 + 64);
 
     for seq in sequences {
         let names: Vec<&str> = seq.iter().map(|d| DECISIONS[*d]).collect();
@@ -98,12 +101,16 @@ async fn every_combination_of_allow_deny_abstain() {
         let (want, ran) = expected(&names);
         assert_eq!(describe(&verdict.outcome), want, "sequence {names:?}");
         assert_eq!(verdict.steps.len(), ran, "plugins run for {names:?}");
+        let mut established = false;
         for (step, d) in verdict.steps.iter().zip(&names) {
             let kind = match *d {
                 "allow" => StepKind::Allow,
                 "deny" => StepKind::Deny,
+                // a permit with nothing established yet counts as an abstention
+                "permit" if established => StepKind::Permit,
                 _ => StepKind::Abstain,
             };
+            established |= *d == "allow";
             assert_eq!(step.kind, kind, "{names:?}");
         }
     }
@@ -120,6 +127,7 @@ async fn later_allows_can_only_narrow_the_identity() {
             &compiled,
             &json!({"decision": "allow", "roles": ["worker", "operator"], "scopes": ["a", "b"],
                     "groups": ["g1"], "skip_pairing": true, "expires_at_ms": 5_000}),
+            Grants::default(),
         )
         .await
         .unwrap();
@@ -130,6 +138,7 @@ async fn later_allows_can_only_narrow_the_identity() {
             // tries to widen scopes (adds "c") and keeps skip-pairing on
             &json!({"decision": "echo-so-far", "roles": ["worker", "admin"], "scopes": ["a", "c"],
                     "groups": ["g2"], "skip_pairing": true}),
+            Grants::default(),
         )
         .await
         .unwrap();
@@ -138,6 +147,7 @@ async fn later_allows_can_only_narrow_the_identity() {
             "expiring",
             &compiled,
             &json!({"decision": "allow", "roles": ["worker"], "scopes": ["a"], "expires_at_ms": 3_000}),
+            Grants::default(),
         )
         .await
         .unwrap();
@@ -173,6 +183,7 @@ async fn a_later_allow_cannot_change_the_subject() {
             "a",
             &compiled,
             &json!({"decision": "allow", "subject": "alice"}),
+            Grants::default(),
         )
         .await
         .unwrap();
@@ -181,6 +192,7 @@ async fn a_later_allow_cannot_change_the_subject() {
             "b",
             &compiled,
             &json!({"decision": "allow", "subject": "mallory"}),
+            Grants::default(),
         )
         .await
         .unwrap();

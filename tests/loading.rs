@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use serde_json::json;
 use trustgate_runtime::{
-    AuthProvider, CacheOutcome, CachePolicy, Decision, DenyCode, Identity, LoadError, NoServices,
+    AuthProvider, CacheOutcome, Decision, DenyCode, Grants, Identity, LoadError, NoServices,
     PluginSource, PluginSpec, Runtime, RuntimeSettings, sha256_hex,
 };
-use trustgate_tests::{guests, limits, request, runtime, spec};
+use trustgate_tests::{call, decide, guests, limits, request, runtime, spec};
 
 #[tokio::test]
 async fn a_matching_sha256_pin_loads_and_a_wrong_one_is_refused() {
@@ -23,6 +23,7 @@ async fn a_matching_sha256_pin_loads_and_a_wrong_one_is_refused() {
             sha256: Some(sha256_hex(&bytes).to_uppercase()),
         },
         config: json!({"decision": "abstain"}),
+        grants: Grants::default(),
     };
     let p = rt.load(&good).await.unwrap();
     assert_eq!(p.sha256(), sha256_hex(&bytes));
@@ -71,12 +72,16 @@ async fn compiled_components_are_cached_across_restarts() {
     let compiled = second.compile("g", &bytes).unwrap();
     assert_eq!(compiled.cache(), CacheOutcome::Hit);
     let p = second
-        .instantiate("g", &compiled, &json!({"decision": "allow"}))
+        .instantiate(
+            "g",
+            &compiled,
+            &json!({"decision": "allow"}),
+            Grants::default(),
+        )
         .await
         .unwrap();
     assert!(matches!(
-        p.authenticate(&request("test", None), None, CachePolicy::Use)
-            .await,
+        decide(&p, &request("test", None), None).await,
         Ok(Decision::Allow(_))
     ));
 
@@ -110,6 +115,7 @@ async fn allowlist(rules: serde_json::Value) -> Arc<dyn AuthProvider> {
             name: "allowlist".into(),
             source: trustgate_tests::bench::builtin("allowlist"),
             config: json!({ "rules": rules }),
+            grants: Grants::default(),
         })
         .await
         .unwrap(),
@@ -132,6 +138,11 @@ fn identity(subject: &str, namespace: &str, groups: &[&str]) -> Identity {
 fn verdict(d: Decision) -> String {
     match d {
         Decision::Allow(_) => "allow".into(),
+        // the allowlist lets an identity through without copying it back
+        Decision::Permit(n) => {
+            assert_eq!(n, Default::default());
+            "allow".into()
+        }
         Decision::Deny(d) => {
             assert_eq!(d.code, DenyCode::Forbidden);
             format!("deny:{}", d.reason)
@@ -207,13 +218,10 @@ async fn allowlist_matches_subject_namespace_group_cidr_and_role() {
         ),
     ];
     for (id, addr, role, want) in cases {
-        req.peer.remote_addr = addr.into();
-        req.role = role.into();
-        let got = verdict(
-            p.authenticate(&req, Some(&id), CachePolicy::Use)
-                .await
-                .unwrap(),
-        );
+        let r = Arc::make_mut(&mut req);
+        r.peer.remote_addr = addr.into();
+        r.role = role.into();
+        let got = verdict(p.authenticate(&call(&req, Some(&id))).await.unwrap());
         assert_eq!(got, want, "{} from {addr} as {role}", id.subject);
     }
 }
@@ -226,14 +234,14 @@ async fn allowlist_without_an_identity_only_applies_identity_free_deny_rules() {
     ]))
     .await;
     let mut req = request("none", None);
-    req.peer.remote_addr = "10.0.0.1:5".into();
+    Arc::make_mut(&mut req).peer.remote_addr = "10.0.0.1:5".into();
     assert_eq!(
-        verdict(p.authenticate(&req, None, CachePolicy::Use).await.unwrap()),
+        verdict(p.authenticate(&call(&req, None)).await.unwrap()),
         "abstain"
     );
-    req.peer.remote_addr = "192.0.2.7:5".into();
+    Arc::make_mut(&mut req).peer.remote_addr = "192.0.2.7:5".into();
     assert_eq!(
-        verdict(p.authenticate(&req, None, CachePolicy::Use).await.unwrap()),
+        verdict(p.authenticate(&call(&req, None)).await.unwrap()),
         "deny:denied-by-rule"
     );
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 use trustgate_runtime::{
     AuthProvider, CachePolicy, Chain, Decision, LoadError, Outcome, PluginFailure, WasmPlugin,
 };
-use trustgate_tests::{guests, limits, request, runtime, spec};
+use trustgate_tests::{call, guests, limits, request, runtime, spec};
 
 async fn hostile(rt: &trustgate_runtime::Runtime, mode: &str) -> WasmPlugin {
     rt.load(&spec(
@@ -25,7 +25,7 @@ async fn hostile(rt: &trustgate_runtime::Runtime, mode: &str) -> WasmPlugin {
 
 async fn assert_allows(plugin: &WasmPlugin) {
     let d = plugin
-        .authenticate(&request("test", None), None, CachePolicy::Use)
+        .authenticate(&call(&request("test", None), None))
         .await
         .expect("normal authentication after a failure");
     match d {
@@ -41,7 +41,7 @@ async fn infinite_loop_is_stopped_at_the_deadline() {
     let looping = hostile(&rt, "loop").await;
     let started = Instant::now();
     let err = looping
-        .authenticate(&request("test", None), None, CachePolicy::Use)
+        .authenticate(&call(&request("test", None), None))
         .await
         .unwrap_err();
     let elapsed = started.elapsed();
@@ -64,7 +64,7 @@ async fn deadlines_still_fire_after_the_runtime_is_dropped() {
     };
     assert_eq!(
         looping
-            .authenticate(&request("test", None), None, CachePolicy::Use)
+            .authenticate(&call(&request("test", None), None))
             .await
             .unwrap_err(),
         PluginFailure::Deadline
@@ -76,7 +76,7 @@ async fn unbounded_memory_growth_hits_the_cap() {
     let rt = runtime(limits(5_000));
     let grower = hostile(&rt, "grow").await;
     let err = grower
-        .authenticate(&request("test", None), None, CachePolicy::Use)
+        .authenticate(&call(&request("test", None), None))
         .await
         .unwrap_err();
     assert_eq!(err, PluginFailure::Memory);
@@ -93,7 +93,7 @@ async fn trap_panic_and_stack_overflow_fail_closed() {
     ] {
         let p = hostile(&rt, mode).await;
         let err = p
-            .authenticate(&request("test", None), None, CachePolicy::Use)
+            .authenticate(&call(&request("test", None), None))
             .await
             .unwrap_err();
         match &err {
@@ -117,8 +117,7 @@ async fn a_trapped_instance_never_serves_again() {
     assert_eq!(p.stats().instances.load(Ordering::Relaxed), 1);
     for round in 1..=3u64 {
         assert!(matches!(
-            p.authenticate(&request("test", None), None, CachePolicy::Use)
-                .await,
+            p.authenticate(&call(&request("test", None), None)).await,
             Err(PluginFailure::Trap(_))
         ));
         // The warm instance served round 1; every later round needed a fresh one because
@@ -180,7 +179,7 @@ async fn concurrent_calls_do_not_serialize_on_one_instance() {
         let looping = looping.clone();
         async move {
             looping
-                .authenticate(&request("test", None), None, CachePolicy::Use)
+                .authenticate(&call(&request("test", None), None))
                 .await
                 .unwrap_err()
         }
@@ -189,8 +188,7 @@ async fn concurrent_calls_do_not_serialize_on_one_instance() {
     for _ in 0..16 {
         let fine = fine.clone();
         tasks.push(tokio::spawn(async move {
-            fine.authenticate(&request("test", None), None, CachePolicy::Use)
-                .await
+            fine.authenticate(&call(&request("test", None), None)).await
         }));
     }
     for t in tasks {
@@ -222,11 +220,7 @@ async fn host_token_review_without_kubernetes_is_a_clear_not_configured() {
         .await
         .unwrap();
     match p
-        .authenticate(
-            &request("k8s-sa-trust", Some("tok")),
-            None,
-            CachePolicy::Use,
-        )
+        .authenticate(&call(&request("k8s-sa-trust", Some("tok")), None))
         .await
         .unwrap()
     {

@@ -1,6 +1,7 @@
-//! Golden tests of bad configurations and bad plugin references: each `tests/ui/NAME.toml` is
-//! loaded (configuration, then the whole chain) and the error must equal `tests/ui/NAME.err`
-//! exactly, with the temporary directory written as `$DIR`.
+//! Golden tests of configurations and plugin references: each `tests/ui/NAME.toml` is loaded
+//! (configuration, then the whole chain) and the outcome must equal `tests/ui/NAME.err`
+//! exactly, with the temporary directory written as `$DIR`: the error of a bad one,
+//! `(loaded without error)` for a good one (`ok-*.toml`).
 //!
 //! Run with `BLESS=1` to rewrite the `.err` files after an intended change of wording; review
 //! the diff before committing.
@@ -28,6 +29,8 @@ fn write_fixtures(dir: &Path) {
         ("wrong-version.wasm", guests::GUEST_WRONG_VERSION),
         ("no-export.wasm", guests::GUEST_NO_EXPORT),
         ("unknown-import.wasm", guests::GUEST_UNKNOWN_IMPORT),
+        ("scripted.wasm", guests::GUEST_SCRIPTED),
+        ("scripted-v0-1.wasm", guests::GUEST_SCRIPTED_V0_1),
     ] {
         std::fs::copy(path, dir.join(name)).unwrap();
     }

@@ -9,8 +9,8 @@ use serde_json::json;
 use trustgate_devcluster::{ApiServer, TokenRequest};
 use trustgate_k8s::{CacheMode, Kubernetes, Settings};
 use trustgate_runtime::{
-    AuthProvider, CachePolicy, Chain, Decision, Denial, DenyCode, Identity, Outcome, PluginFailure,
-    PluginSource, PluginSpec, Request, Runtime, RuntimeSettings,
+    AuthProvider, CachePolicy, Call, Chain, Decision, Denial, DenyCode, Grants, Identity,
+    Narrowing, Outcome, PluginFailure, PluginSource, PluginSpec, Request, Runtime, RuntimeSettings,
 };
 
 use crate::client::{WsClient, connect_params};
@@ -96,19 +96,15 @@ impl AuthProvider for NativeK8sTrust {
         "k8s-sa-trust"
     }
 
-    async fn authenticate(
-        &self,
-        request: &Request,
-        _so_far: Option<&Identity>,
-        cache: CachePolicy,
-    ) -> Result<Decision, PluginFailure> {
+    async fn authenticate(&self, call: &Call) -> Result<Decision, PluginFailure> {
+        let request = &call.request;
         if request.credentials.method != "k8s-sa-trust" {
             return Ok(Decision::Abstain);
         }
         let Some(token) = &request.credentials.token else {
             return Ok(forbidden("token-missing"));
         };
-        let mode = match cache {
+        let mode = match call.cache {
             CachePolicy::Use => CacheMode::Use,
             CachePolicy::Bypass => CacheMode::Bypass,
         };
@@ -162,12 +158,8 @@ impl AuthProvider for NativeAllowlist {
         "allowlist"
     }
 
-    async fn authenticate(
-        &self,
-        request: &Request,
-        so_far: Option<&Identity>,
-        _cache: CachePolicy,
-    ) -> Result<Decision, PluginFailure> {
+    async fn authenticate(&self, call: &Call) -> Result<Decision, PluginFailure> {
+        let request = &call.request;
         let ip: Option<std::net::IpAddr> = request
             .peer
             .remote_addr
@@ -179,7 +171,7 @@ impl AuthProvider for NativeAllowlist {
         {
             return Ok(forbidden("denied-by-rule"));
         }
-        let Some(id) = so_far else {
+        let Some(id) = &call.so_far else {
             return Ok(Decision::Abstain);
         };
         let ns = id
@@ -188,7 +180,7 @@ impl AuthProvider for NativeAllowlist {
             .find(|(k, _)| k == "namespace")
             .map(|(_, v)| v.as_str());
         if ns.is_some_and(|ns| glob("work*", ns)) && request.role == "worker" {
-            Ok(Decision::Allow(id.clone()))
+            Ok(Decision::Permit(Narrowing::default()))
         } else {
             Ok(forbidden("not-allowlisted"))
         }
@@ -243,9 +235,9 @@ impl Cluster {
 }
 
 /// A worker request carrying `token`.
-pub fn worker_request(token: &str) -> Request {
+pub fn worker_request(token: &str) -> Arc<Request> {
     let mut r = crate::request("k8s-sa-trust", Some(token));
-    r.peer.remote_addr = "10.0.0.7:41000".into();
+    Arc::make_mut(&mut r).peer.remote_addr = "10.0.0.7:41000".into();
     r
 }
 
@@ -261,11 +253,13 @@ pub async fn wasm_chain(kube: Arc<Kubernetes>, mode: &str) -> (Chain, Runtime) {
             name: "k8s-sa-trust".into(),
             source: builtin("k8s-sa-trust"),
             config: k8s_config(mode),
+            grants: Grants::default(),
         },
         PluginSpec {
             name: "allowlist".into(),
             source: builtin("allowlist"),
             config: allowlist_config(),
+            grants: Grants::default(),
         },
     ];
     let (chain, _) = rt.load_chain(&specs).await.expect("chain");
@@ -309,7 +303,7 @@ fn allowed(outcome: &Outcome) -> bool {
 /// Single-threaded: `batches` batches of `batch` decisions, median per-decision time.
 pub async fn decision_single(
     chain: &Chain,
-    request: &Request,
+    request: &Arc<Request>,
     batches: usize,
     batch: usize,
 ) -> (f64, u64) {
@@ -331,7 +325,7 @@ pub async fn decision_single(
 /// All cores: `tasks` concurrent tasks each making `each` decisions; decisions per second.
 pub async fn decision_parallel(
     chain: Arc<Chain>,
-    request: Request,
+    request: Arc<Request>,
     tasks: usize,
     each: usize,
 ) -> (f64, u64) {

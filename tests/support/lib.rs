@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use trustgate_runtime::{
-    Credentials, NoServices, Peer, PluginSource, PluginSpec, Request, Runtime, RuntimeSettings,
+    CachePolicy, Call, Credentials, Decision, Grants, Identity, NoServices, Peer, PluginFailure,
+    PluginSource, PluginSpec, Request, Runtime, RuntimeSettings, WasmPlugin,
 };
 
 /// Paths of the compiled test guests.
@@ -15,8 +16,8 @@ pub mod guests {
 }
 
 /// A worker request with the given auth method and token.
-pub fn request(method: &str, token: Option<&str>) -> Request {
-    Request {
+pub fn request(method: &str, token: Option<&str>) -> Arc<Request> {
+    Arc::new(Request {
         credentials: Credentials {
             method: method.into(),
             token: token.map(str::to_string),
@@ -29,11 +30,31 @@ pub fn request(method: &str, token: Option<&str>) -> Request {
             client_id: "test-client".into(),
             client_version: "1.0.0".into(),
             platform: None,
+            instance_id: None,
             conn_id: "conn-test".into(),
         },
         role: "worker".into(),
         scopes: vec![],
+    })
+}
+
+/// A call on `request` with `so_far`, answers from caches allowed.
+pub fn call(request: &Arc<Request>, so_far: Option<&Identity>) -> Call {
+    Call {
+        request: request.clone(),
+        so_far: so_far.cloned().map(Arc::new),
+        cache: CachePolicy::Use,
     }
+}
+
+/// One plugin call on `request` with `so_far`, answers from caches allowed.
+pub async fn decide(
+    plugin: &WasmPlugin,
+    request: &Arc<Request>,
+    so_far: Option<&Identity>,
+) -> Result<Decision, PluginFailure> {
+    use trustgate_runtime::AuthProvider;
+    plugin.authenticate(&call(request, so_far)).await
 }
 
 /// Runtime settings for tests: the given deadline, a 32 MiB memory cap, 2 s host calls, no
@@ -43,8 +64,10 @@ pub fn limits(deadline_ms: u64) -> RuntimeSettings {
         deadline_ms,
         memory_mib: 32,
         host_call_timeout_ms: 2_000,
+        call_timeout_ms: 2_000 + deadline_ms,
         cache_dir: None,
         max_idle_instances: 4,
+        ..RuntimeSettings::default()
     }
 }
 
@@ -62,6 +85,17 @@ pub fn spec(name: &str, path: &str, config: serde_json::Value) -> PluginSpec {
             sha256: None,
         },
         config,
+        grants: Grants::default(),
+    }
+}
+
+/// [`spec`] with the credentials grant (`credentials = "read"`).
+pub fn spec_reading_credentials(name: &str, path: &str, config: serde_json::Value) -> PluginSpec {
+    PluginSpec {
+        grants: Grants {
+            read_credentials: true,
+        },
+        ..spec(name, path, config)
     }
 }
 
@@ -100,10 +134,11 @@ impl TestGateway {
 }
 
 /// The TOML of one `[[auth.plugins]]` entry running the scripted test guest with an inline
-/// config table, e.g. `scripted("k8s", r#"decision = "allow", roles = ["worker"]"#)`.
+/// config table, e.g. `scripted("k8s", r#"decision = "allow", roles = ["worker"]"#)`. It
+/// holds the credentials grant: its `token` and `subject_from_token` read the token.
 pub fn scripted(name: &str, config: &str) -> String {
     format!(
-        "[[auth.plugins]]\nname = \"{name}\"\npath = {:?}\nconfig = {{ {config} }}\n",
+        "[[auth.plugins]]\nname = \"{name}\"\npath = {:?}\ncredentials = \"read\"\nconfig = {{ {config} }}\n",
         guests::GUEST_SCRIPTED
     )
 }

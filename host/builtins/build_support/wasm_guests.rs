@@ -36,11 +36,23 @@ fn ensure_target() {
 
 /// Builds `packages` in release mode and returns `(package, path to .wasm)` pairs.
 pub fn build(workspace_root: &Path, packages: &[&str]) -> Vec<(String, PathBuf)> {
+    build_with(workspace_root, packages, &[], "wasm-guests")
+}
+
+/// Builds `packages` with extra cargo `features` into their own target directory `dir_name`
+/// (a build with other features must not share artifacts with the default one).
+#[allow(dead_code)] // used by tests/build.rs only
+pub fn build_with(
+    workspace_root: &Path,
+    packages: &[&str],
+    features: &[&str],
+    dir_name: &str,
+) -> Vec<(String, PathBuf)> {
     ensure_target();
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root.join("target"))
-        .join("wasm-guests");
+        .join(dir_name);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace_root)
@@ -56,6 +68,9 @@ pub fn build(workspace_root: &Path, packages: &[&str]) -> Vec<(String, PathBuf)>
         .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo");
     for p in packages {
         cmd.arg("-p").arg(p);
+    }
+    if !features.is_empty() {
+        cmd.arg("--features").arg(features.join(","));
     }
     // The outer build's flags and wrappers (clippy, coverage, host-only RUSTFLAGS) must not
     // leak into the guest build.

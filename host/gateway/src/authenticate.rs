@@ -7,12 +7,14 @@
 //! re-validation can never file a pairing request or rotate a token.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde_json::json;
 use trustgate_protocol::DEVICE_TOKEN_METHOD as DEVICE_METHOD;
 use trustgate_protocol::{AuthParams, ClientInfo, ErrorBody, ErrorCode, Pairing, Role};
 use trustgate_runtime::{
-    CachePolicy, Credentials, DenyCode, Device, Identity, Outcome, Peer, Request, StepKind,
+    CachePolicy, Credentials, DenyCode, Device, Identity, Outcome, Peer, PluginFailure, Request,
+    StepKind, escape_text,
 };
 
 use crate::GatewayState;
@@ -266,7 +268,7 @@ async fn decide(
     }
 
     // 2. The plugin chain.
-    let request = Request {
+    let request = Arc::new(Request {
         credentials: Credentials {
             method: method.to_string(),
             token: attempt.auth.and_then(|a| a.token.clone()),
@@ -282,11 +284,12 @@ async fn decide(
             client_id: attempt.client.id.clone(),
             client_version: attempt.client.version.clone(),
             platform: attempt.client.platform.clone(),
+            instance_id: attempt.client.instance_id.clone(),
             conn_id: attempt.conn_id.to_string(),
         },
         role: attempt.role.as_str().to_string(),
         scopes: attempt.scopes.to_vec(),
-    };
+    });
     let chain = state.chain();
     let verdict = chain
         .evaluate(
@@ -320,8 +323,28 @@ async fn decide(
                 error: Box::new(error),
                 cause: format!(
                     "plugin `{plugin}` denied ({}): {}",
-                    denial.reason, denial.message
+                    denial.reason,
+                    escape_text(&denial.message)
                 ),
+                plugin: Some(plugin),
+            }
+            .into());
+        }
+        // Load, not a verdict on the peer: the client may retry.
+        Outcome::Failed {
+            plugin,
+            failure: failure @ PluginFailure::Busy,
+        } => {
+            return Err(Refusal {
+                error: Box::new(
+                    ErrorBody::new(
+                        ErrorCode::Unavailable,
+                        format!("auth plugin `{plugin}` is busy; try again"),
+                    )
+                    .with_details(json!({ "plugin": plugin, "reason": "plugin-busy" }))
+                    .with_retry_after(Some(1_000)),
+                ),
+                cause: format!("plugin `{plugin}` {failure}"),
                 plugin: Some(plugin),
             }
             .into());

@@ -5,27 +5,51 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use trustgate_k8s::{CacheMode, Kubernetes, ReviewFailure, ReviewOutcome};
-use trustgate_runtime::{
-    CachePolicy, HostServices, NoServices, ReviewError, TokenReviewStatus, UserInfo,
-};
+use trustgate_runtime::{CachePolicy, HostServices, NoServices, Review, ReviewError};
 
 /// Host services backed by a Kubernetes API client.
 #[derive(Debug, Clone)]
 pub struct KubeServices(pub Arc<Kubernetes>);
 
-fn status(o: ReviewOutcome) -> TokenReviewStatus {
-    TokenReviewStatus {
-        authenticated: o.authenticated,
-        user: UserInfo {
-            username: o.username,
-            uid: o.uid,
-            groups: o.groups,
-            extra: o.extra.into_iter().collect(),
-        },
-        audiences: o.audiences,
-        error: o.error,
-        expires_at_ms: o.expires_at_ms,
+/// A review as the client holds it (shared with its cache), read by plugins through a handle.
+struct KubeReview(Arc<ReviewOutcome>);
+
+impl Review for KubeReview {
+    fn authenticated(&self) -> bool {
+        self.0.authenticated
     }
+    fn error(&self) -> Option<&str> {
+        self.0.error.as_deref()
+    }
+    fn username(&self) -> &str {
+        &self.0.username
+    }
+    fn uid(&self) -> &str {
+        &self.0.uid
+    }
+    fn groups(&self) -> &[String] {
+        &self.0.groups
+    }
+    fn audiences(&self) -> &[String] {
+        &self.0.audiences
+    }
+    fn extra(&self, key: &str) -> Option<&[String]> {
+        self.0.extra.get(key).map(Vec::as_slice)
+    }
+    fn extras(&self) -> Vec<(String, Vec<String>)> {
+        self.0
+            .extra
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+    fn expires_at_ms(&self) -> Option<u64> {
+        self.0.expires_at_ms
+    }
+}
+
+fn shared(o: Arc<ReviewOutcome>) -> Arc<dyn Review> {
+    Arc::new(KubeReview(o))
 }
 
 fn error(f: ReviewFailure) -> ReviewError {
@@ -43,7 +67,7 @@ impl HostServices for KubeServices {
         token: &str,
         audiences: &[String],
         cache: CachePolicy,
-    ) -> Result<TokenReviewStatus, ReviewError> {
+    ) -> Result<Arc<dyn Review>, ReviewError> {
         let mode = match cache {
             CachePolicy::Use => CacheMode::Use,
             CachePolicy::Bypass => CacheMode::Bypass,
@@ -51,7 +75,7 @@ impl HostServices for KubeServices {
         self.0
             .review(token, audiences, mode)
             .await
-            .map(|(o, _)| status(o))
+            .map(|(o, _)| shared(o))
             .map_err(error)
     }
 
@@ -59,11 +83,11 @@ impl HostServices for KubeServices {
         &self,
         token: &str,
         audiences: &[String],
-    ) -> Result<TokenReviewStatus, ReviewError> {
+    ) -> Result<Arc<dyn Review>, ReviewError> {
         self.0
             .verify(token, audiences)
             .await
-            .map(status)
+            .map(shared)
             .map_err(error)
     }
 }

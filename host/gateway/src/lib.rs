@@ -209,6 +209,19 @@ impl Running {
     }
 }
 
+/// Logs the loaded chain: each plugin, its contract, and whether it can read credentials.
+pub(crate) fn log_chain(plugins: &[Arc<WasmPlugin>]) {
+    for p in plugins {
+        info!(
+            plugin = p.name(),
+            contract = %p.contract(),
+            reads_credentials = p.reads_credentials(),
+            sha256 = p.sha256(),
+            "auth plugin loaded"
+        );
+    }
+}
+
 /// Starts a gateway from a configuration; `[kubernetes]` decides what stands behind the
 /// plugins' TokenReview and JWT host calls.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
@@ -237,6 +250,7 @@ async fn start_inner(
     tls::install_crypto_provider();
     let runtime = Runtime::new(config.plugins.clone(), services.clone())?;
     let (chain, plugins) = config.load_chain(&runtime).await?;
+    log_chain(&plugins);
     let pairing = PairingStore::open(&config.pairing_store(), &config.pairing)?;
     let admin_token = admin::load_token(&config.admin_token_file())?;
     let acceptor = match &config.gateway.tls {

@@ -134,6 +134,7 @@ impl Metrics {
         for (i, s) in steps.iter().enumerate() {
             let (decision, code) = match s.kind {
                 StepKind::Allow => ("allow", ""),
+                StepKind::Permit => ("permit", ""),
                 StepKind::Abstain => ("abstain", ""),
                 StepKind::Deny => (
                     "deny",
@@ -143,6 +144,7 @@ impl Metrics {
                         ""
                     },
                 ),
+                StepKind::Failed if failure == Some("busy") => ("failed", "UNAVAILABLE"),
                 StepKind::Failed => ("failed", "PLUGIN_FAILED"),
             };
             self.auth_decisions

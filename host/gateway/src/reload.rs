@@ -33,6 +33,7 @@ impl Reloader {
         let loaded = async {
             let runtime = Runtime::new(config.plugins.clone(), self.services.clone())?;
             let (chain, plugins) = config.load_chain(&runtime).await?;
+            crate::log_chain(&plugins);
             Ok::<_, StartError>(LoadedChain {
                 chain: Arc::new(chain),
                 plugins,

@@ -236,13 +236,13 @@ impl Kubernetes {
 
     /// Reviews `token` for `audiences`: from the cache when `cache` allows and an answer is
     /// there, coalesced with an identical review in flight, else one TokenReview (retried on
-    /// 5xx/429).
+    /// 5xx/429). The answer is shared with the cache, not copied.
     pub async fn review(
         &self,
         token: &str,
         audiences: &[String],
         cache: CacheMode,
-    ) -> Result<(ReviewOutcome, CacheOutcome), ReviewFailure> {
+    ) -> Result<(Arc<ReviewOutcome>, CacheOutcome), ReviewFailure> {
         let fresh = cache == CacheMode::Bypass;
         let result = self
             .cache
@@ -284,8 +284,8 @@ impl Kubernetes {
         &self,
         token: &str,
         audiences: &[String],
-    ) -> Result<ReviewOutcome, ReviewFailure> {
-        self.jwks.verify(token, audiences).await
+    ) -> Result<Arc<ReviewOutcome>, ReviewFailure> {
+        self.jwks.verify(token, audiences).await.map(Arc::new)
     }
 }
 

@@ -5,7 +5,7 @@
 //! (token, audiences) share one API call.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
@@ -16,7 +16,7 @@ use super::{ReviewFailure, ReviewOutcome};
 use crate::now_ms;
 
 type Key = [u8; 32];
-type Shared = Option<Result<ReviewOutcome, ReviewFailure>>;
+type Shared = Option<Result<Arc<ReviewOutcome>, ReviewFailure>>;
 
 /// Where an answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub enum CacheOutcome {
 
 enum Slot {
     Ready {
-        outcome: ReviewOutcome,
+        outcome: Arc<ReviewOutcome>,
         until: Instant,
     },
     InFlight(watch::Receiver<Shared>),
@@ -104,7 +104,7 @@ impl ReviewCache {
         }
     }
 
-    fn store(&self, key: Key, outcome: &ReviewOutcome) {
+    fn store(&self, key: Key, outcome: &Arc<ReviewOutcome>) {
         let lifetime = self.lifetime(outcome);
         let mut slots = self.lock();
         if lifetime.is_zero() {
@@ -148,13 +148,13 @@ impl ReviewCache {
         audiences: &[String],
         fresh: bool,
         review: F,
-    ) -> Result<(ReviewOutcome, CacheOutcome), ReviewFailure>
+    ) -> Result<(Arc<ReviewOutcome>, CacheOutcome), ReviewFailure>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<ReviewOutcome, ReviewFailure>>,
     {
         enum Action {
-            Hit(ReviewOutcome),
+            Hit(Arc<ReviewOutcome>),
             Wait(watch::Receiver<Shared>),
             Lead(watch::Sender<Shared>),
         }
@@ -196,7 +196,7 @@ impl ReviewCache {
         key: Key,
         tx: watch::Sender<Shared>,
         review: F,
-    ) -> Result<(ReviewOutcome, CacheOutcome), ReviewFailure>
+    ) -> Result<(Arc<ReviewOutcome>, CacheOutcome), ReviewFailure>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<ReviewOutcome, ReviewFailure>>,
@@ -206,7 +206,7 @@ impl ReviewCache {
             key,
             armed: true,
         };
-        let result = review().await;
+        let result = review().await.map(Arc::new);
         guard.armed = false;
         match &result {
             Ok(outcome) => self.store(key, outcome),

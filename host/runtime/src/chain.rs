@@ -1,18 +1,20 @@
 //! The auth chain: plugins run in configured order; `deny` (or a plugin failure) ends the chain;
-//! `abstain` passes; `allow` establishes the identity or narrows it, and the chain goes on so
-//! later policies can still veto. The peer is allowed only if some plugin allowed and none
-//! denied. See `docs/plugins.md`.
+//! `abstain` passes; `allow` establishes the identity or narrows it, `permit` narrows it, and
+//! the chain goes on so later policies can still veto. The peer is allowed only if some plugin
+//! allowed and none denied. The semantics are written down in `wit/auth.wit` and
+//! `docs/plugins.md`.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::bindings::{Decision, Denial, Identity, Request};
-use super::services::CachePolicy;
+use crate::bounds;
+use crate::services::CachePolicy;
+use crate::types::{Decision, Denial, Identity, Narrowing, Request};
 
-/// Why a plugin produced no decision. Every failure denies the peer (fail closed) with the
-/// protocol code `PLUGIN_FAILED`.
+/// Why a plugin produced no decision. Every failure denies the peer (fail closed).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PluginFailure {
     /// The guest trapped (panic, `unreachable`, stack overflow, bad memory access, ...).
@@ -30,14 +32,19 @@ pub enum PluginFailure {
     /// A fresh instance rejected the configuration that an earlier one accepted.
     #[error("rejected its configuration: {0}")]
     Configure(String),
-    /// The plugin answered with something the contract forbids.
+    /// The plugin answered with something the contract forbids (over a limit, a changed
+    /// subject). The message names the field and the size, never the content.
     #[error("returned an invalid decision: {0}")]
     InvalidDecision(String),
+    /// No instance could be had in time (the plugin is at its instance cap) or the runtime's
+    /// memory budget is spent: load, not the plugin's fault, so the peer may retry.
+    #[error("is busy: no instance available within the wait, or the memory budget is spent")]
+    Busy,
 }
 
 impl PluginFailure {
     /// A short, bounded label for logs and metrics: `trap`, `deadline`, `memory`, `timeout`,
-    /// `configure` or `invalid`.
+    /// `configure`, `invalid` or `busy`.
     pub fn cause(&self) -> &'static str {
         match self {
             Self::Trap(_) => "trap",
@@ -46,8 +53,21 @@ impl PluginFailure {
             Self::Timeout => "timeout",
             Self::Configure(_) => "configure",
             Self::InvalidDecision(_) => "invalid",
+            Self::Busy => "busy",
         }
     }
+}
+
+/// One plugin call: the request, the identity established so far, and whether verifications
+/// may be answered from a cache. Cheap to clone: everything is shared.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The request.
+    pub request: Arc<Request>,
+    /// The identity established so far, if any.
+    pub so_far: Option<Arc<Identity>>,
+    /// Whether host verifications may use the embedder's cache.
+    pub cache: CachePolicy,
 }
 
 /// Something that can take part in the chain. WebAssembly plugins implement it; so can native
@@ -57,14 +77,8 @@ pub trait AuthProvider: Send + Sync {
     /// The name the chain reports decisions under.
     fn name(&self) -> &str;
 
-    /// Decides on one request given the identity established so far. `cache` says whether
-    /// host verifications made on the way may be answered from a cache.
-    async fn authenticate(
-        &self,
-        request: &Request,
-        so_far: Option<&Identity>,
-        cache: CachePolicy,
-    ) -> Result<Decision, PluginFailure>;
+    /// Decides on one call.
+    async fn authenticate(&self, call: &Call) -> Result<Decision, PluginFailure>;
 }
 
 /// How one plugin decided.
@@ -72,12 +86,27 @@ pub trait AuthProvider: Send + Sync {
 pub enum StepKind {
     /// Allowed (established or narrowed the identity).
     Allow,
+    /// Permitted (kept the identity so far, possibly narrowed).
+    Permit,
     /// Denied.
     Deny,
-    /// Abstained.
+    /// Abstained (or permitted with nothing established yet).
     Abstain,
     /// Failed (counted as a deny).
     Failed,
+}
+
+impl StepKind {
+    /// `allow`, `permit`, `deny`, `abstain` or `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Permit => "permit",
+            Self::Deny => "deny",
+            Self::Abstain => "abstain",
+            Self::Failed => "failed",
+        }
+    }
 }
 
 /// One plugin's part in a verdict.
@@ -87,6 +116,8 @@ pub struct Step {
     pub plugin: String,
     /// What it decided.
     pub kind: StepKind,
+    /// For a denial: its reason; for a failure: its cause.
+    pub reason: Option<String>,
     /// How long its call took.
     pub elapsed: Duration,
 }
@@ -103,7 +134,7 @@ pub enum Outcome {
         /// Its denial.
         denial: Denial,
     },
-    /// A plugin failed; the peer is denied with `PLUGIN_FAILED`.
+    /// A plugin failed; the peer is denied.
     Failed {
         /// The plugin that failed.
         plugin: String,
@@ -122,6 +153,9 @@ pub struct Verdict {
     pub outcome: Outcome,
     /// Each plugin that ran, in order.
     pub steps: Vec<Step>,
+    /// The identity as far as it was established when the chain stopped (for a refusal: who
+    /// was refused, e.g. the reviewed ServiceAccount).
+    pub subject: Option<String>,
 }
 
 /// An ordered list of providers.
@@ -154,53 +188,71 @@ impl Chain {
     /// plugin's allow. `cache` is handed to every plugin call (see [`CachePolicy`]).
     pub async fn evaluate(
         &self,
-        request: &Request,
+        request: &Arc<Request>,
         initial: Option<Identity>,
         cache: CachePolicy,
     ) -> Verdict {
-        let mut identity = initial;
+        let mut call = Call {
+            request: request.clone(),
+            so_far: initial.map(Arc::new),
+            cache,
+        };
         let mut steps = Vec::with_capacity(self.providers.len());
         for provider in &self.providers {
             let started = Instant::now();
-            let result = provider
-                .authenticate(request, identity.as_ref(), cache)
-                .await;
-            let result = result.and_then(|d| match d {
-                Decision::Allow(next) => merge(identity.take(), next).map(Decision::Allow),
-                other => Ok(other),
-            });
-            let mut step = Step {
-                plugin: provider.name().to_string(),
-                kind: StepKind::Abstain,
-                elapsed: started.elapsed(),
-            };
-            match result {
-                Ok(Decision::Abstain) => steps.push(step),
-                Ok(Decision::Allow(merged)) => {
-                    step.kind = StepKind::Allow;
-                    steps.push(step);
-                    identity = Some(merged);
+            // What the step leaves as the identity so far; the old one stays in `call` until
+            // the step succeeds, so a failing step still reports who was being decided on.
+            let so_far = call.so_far.clone();
+            let result = provider.authenticate(&call).await.and_then(|d| match d {
+                Decision::Allow(next) => {
+                    merge(so_far, next).map(|id| (StepKind::Allow, Some(Arc::new(id)), None))
                 }
-                Ok(Decision::Deny(mut denial)) => {
-                    if denial.reason.trim().is_empty() {
-                        denial.reason = "unspecified".into();
-                    }
-                    step.kind = StepKind::Deny;
-                    steps.push(step);
+                Decision::Permit(n) => match so_far {
+                    Some(id) => narrow(id, n).map(|id| (StepKind::Permit, Some(id), None)),
+                    None => Ok((StepKind::Abstain, None, None)),
+                },
+                Decision::Abstain => Ok((StepKind::Abstain, so_far, None)),
+                Decision::Deny(denial) => Ok((StepKind::Deny, so_far, Some(denial))),
+            });
+            let elapsed = started.elapsed();
+            let name = provider.name().to_string();
+            match result {
+                Ok((StepKind::Deny, _, Some(denial))) => {
+                    steps.push(Step {
+                        plugin: name.clone(),
+                        kind: StepKind::Deny,
+                        reason: Some(denial.reason.clone()),
+                        elapsed,
+                    });
                     return Verdict {
+                        subject: call.so_far.map(|i| i.subject.clone()),
                         outcome: Outcome::Denied {
-                            plugin: provider.name().to_string(),
+                            plugin: name,
                             denial,
                         },
                         steps,
                     };
                 }
+                Ok((kind, identity, _)) => {
+                    steps.push(Step {
+                        plugin: name,
+                        kind,
+                        reason: None,
+                        elapsed,
+                    });
+                    call.so_far = identity;
+                }
                 Err(failure) => {
-                    step.kind = StepKind::Failed;
-                    steps.push(step);
+                    steps.push(Step {
+                        plugin: name.clone(),
+                        kind: StepKind::Failed,
+                        reason: Some(failure.cause().into()),
+                        elapsed,
+                    });
                     return Verdict {
+                        subject: call.so_far.map(|i| i.subject.clone()),
                         outcome: Outcome::Failed {
-                            plugin: provider.name().to_string(),
+                            plugin: name,
                             failure,
                         },
                         steps,
@@ -208,48 +260,106 @@ impl Chain {
                 }
             }
         }
+        let identity = call
+            .so_far
+            .map(|i| Arc::try_unwrap(i).unwrap_or_else(|shared| (*shared).clone()));
         Verdict {
+            subject: identity.as_ref().map(|i| i.subject.clone()),
             outcome: identity.map_or(Outcome::NoDecision, Outcome::Allowed),
             steps,
         }
     }
 }
 
+fn invalid(why: impl Into<String>) -> PluginFailure {
+    PluginFailure::InvalidDecision(why.into())
+}
+
 /// Folds a plugin's allow into the identity so far. The first allow establishes the identity;
 /// later ones may only narrow it: the subject must stay the same, roles and scopes are
 /// intersected, pairing may be skipped only if every allowing plugin agrees, the expiry is the
 /// earliest, groups are united and attributes are added (an established attribute is kept).
-pub fn merge(so_far: Option<Identity>, next: Identity) -> Result<Identity, PluginFailure> {
+/// Linear in the sizes involved, and the result stays within the contract's limits.
+pub fn merge(so_far: Option<Arc<Identity>>, next: Identity) -> Result<Identity, PluginFailure> {
     if next.subject.trim().is_empty() {
-        return Err(PluginFailure::InvalidDecision(
-            "allow with an empty subject".into(),
-        ));
+        return Err(invalid("allow with an empty subject"));
     }
-    let Some(mut id) = so_far else {
+    let Some(id) = so_far else {
         return Ok(next);
     };
+    let mut id = Arc::try_unwrap(id).unwrap_or_else(|shared| (*shared).clone());
     if id.subject != next.subject {
-        return Err(PluginFailure::InvalidDecision(format!(
+        // The subjects are within the contract's size limits; the log may name them.
+        return Err(invalid(format!(
             "allow changed the subject established earlier in the chain (`{}` to `{}`)",
-            id.subject, next.subject
+            bounds::escape_text(&id.subject),
+            bounds::escape_text(&next.subject)
         )));
     }
-    id.roles.retain(|r| next.roles.contains(r));
-    id.scopes.retain(|s| next.scopes.contains(s));
+    keep_only(&mut id.roles, &next.roles);
+    keep_only(&mut id.scopes, &next.scopes);
     id.skip_pairing &= next.skip_pairing;
-    id.expires_at_ms = match (id.expires_at_ms, next.expires_at_ms) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    id.expires_at_ms = earliest(id.expires_at_ms, next.expires_at_ms);
+    let mut known: HashSet<String> = id.groups.iter().cloned().collect();
     for g in next.groups {
-        if !id.groups.contains(&g) {
+        if known.insert(g.clone()) {
             id.groups.push(g);
         }
     }
-    for (k, v) in next.attributes {
-        if !id.attributes.iter().any(|(ek, _)| *ek == k) {
+    if id.groups.len() > bounds::MAX_GROUPS {
+        return Err(invalid(format!(
+            "the merged identity would have {} groups, over the limit of {}",
+            id.groups.len(),
+            bounds::MAX_GROUPS
+        )));
+    }
+    add_attributes(&mut id, next.attributes)?;
+    Ok(id)
+}
+
+/// Applies a policy's `permit` to the identity so far.
+fn narrow(id: Arc<Identity>, n: Narrowing) -> Result<Arc<Identity>, PluginFailure> {
+    if n == Narrowing::default() {
+        return Ok(id); // the common case: nothing to copy
+    }
+    let mut id = Arc::try_unwrap(id).unwrap_or_else(|shared| (*shared).clone());
+    if let Some(roles) = &n.roles {
+        keep_only(&mut id.roles, roles);
+    }
+    if let Some(scopes) = &n.scopes {
+        keep_only(&mut id.scopes, scopes);
+    }
+    id.expires_at_ms = earliest(id.expires_at_ms, n.expires_at_ms);
+    id.skip_pairing &= !n.veto_skip_pairing;
+    add_attributes(&mut id, n.attributes)?;
+    Ok(Arc::new(id))
+}
+
+fn keep_only(items: &mut Vec<String>, allowed: &[String]) {
+    let allowed: HashSet<&str> = allowed.iter().map(String::as_str).collect();
+    items.retain(|i| allowed.contains(i.as_str()));
+}
+
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn add_attributes(id: &mut Identity, more: Vec<(String, String)>) -> Result<(), PluginFailure> {
+    let mut keys: HashSet<String> = id.attributes.iter().map(|(k, _)| k.clone()).collect();
+    for (k, v) in more {
+        if keys.insert(k.clone()) {
             id.attributes.push((k, v));
         }
     }
-    Ok(id)
+    if id.attributes.len() > bounds::MAX_ATTRIBUTES {
+        return Err(invalid(format!(
+            "the merged identity would have {} attributes, over the limit of {}",
+            id.attributes.len(),
+            bounds::MAX_ATTRIBUTES
+        )));
+    }
+    Ok(())
 }

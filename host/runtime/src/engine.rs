@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine};
 
-use super::bindings::AuthPlugin;
+use super::bindings::{v0_1, v0_2};
 use super::sandbox::{StoreState, TICK};
 
 /// Guest stack limit. Deep recursion traps with a stack overflow well before this is exceeded
@@ -32,7 +32,9 @@ pub(crate) fn new_linker(engine: &Engine) -> wasmtime::Result<Linker<StoreState>
     // WASI is linked because Rust (and most languages') std imports it; the context in
     // `StoreState` grants nothing, so the interfaces exist but reach nothing.
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    AuthPlugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+    // Both contract versions: a component links against the one it was built for.
+    v0_2::AuthPlugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+    v0_1::AuthPlugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
     Ok(linker)
 }
 

@@ -1,5 +1,5 @@
 //! trustgate's plugin host: loads WebAssembly components that implement the `auth-plugin`
-//! world (`wit/auth.wit`), runs them sandboxed (CPU deadline, memory cap, wall-clock bounds, a
+//! world (`wit/auth.wit`, contract `0.2.0`; `0.1.0` components still load), runs them sandboxed (CPU deadline, memory cap, wall-clock bounds, a
 //! WASI context with nothing in it) and composes them into a [`Chain`].
 //!
 //! The crate knows nothing of WebSockets, the gateway, Kubernetes or the wire protocol: it takes
@@ -12,8 +12,8 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! use trustgate_runtime::{
-//!     CachePolicy, Chain, Credentials, NoServices, Outcome, Peer, PluginSource, PluginSpec,
-//!     Request, Runtime, RuntimeSettings,
+//!     CachePolicy, Chain, Credentials, Grants, NoServices, Outcome, Peer, PluginSource,
+//!     PluginSpec, Request, Runtime, RuntimeSettings,
 //! };
 //!
 //! // One runtime per process: an engine, a linker, an epoch ticker.
@@ -30,24 +30,25 @@
 //!         config: serde_json::json!({"rules": [
 //!             {"effect": "deny", "roles": ["operator"], "cidr": "0.0.0.0/0"},
 //!         ]}),
+//!         grants: Grants::default(), // no access to raw credentials
 //!     })
 //!     .await?;
 //! let chain = Chain::new(vec![Arc::new(policy)]);
 //!
-//! let request = Request {
-//!     credentials: Credentials { method: "none".into(), token: None, device_token: None },
+//! let request = Arc::new(Request {
+//!     credentials: Credentials { method: "none".into(), ..Credentials::default() },
 //!     device: None,
 //!     peer: Peer {
 //!         remote_addr: "192.0.2.7:40000".into(),
 //!         tls: true,
 //!         client_id: "console".into(),
 //!         client_version: "1.0.0".into(),
-//!         platform: None,
 //!         conn_id: "c-1".into(),
+//!         ..Peer::default()
 //!     },
 //!     role: "operator".into(),
 //!     scopes: vec![],
-//! };
+//! });
 //! let verdict = chain.evaluate(&request, None, CachePolicy::Use).await;
 //! assert!(matches!(verdict.outcome, Outcome::Denied { ref plugin, .. } if plugin == "policy"));
 //! # Ok(())
@@ -55,14 +56,16 @@
 //! ```
 
 mod bindings;
+mod bounds;
 mod chain;
 mod compile_cache;
+mod contract;
 mod engine;
-mod host_imports;
 mod pool;
 mod sandbox;
 mod services;
 mod settings;
+mod types;
 mod world;
 
 use std::borrow::Cow;
@@ -74,20 +77,40 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
-pub use bindings::{
-    Credentials, Decision, Denial, DenyCode, Device, HOST_IMPORT, Identity, LogLevel,
-    PLUGIN_EXPORT, Peer, Request, ReviewError, TokenReviewStatus, UserInfo, WIT_PACKAGE, WORLD,
+pub use bindings::ContractVersion;
+pub use bounds::{clip, escape_text};
+pub use chain::{
+    AuthProvider, Call, Chain, Outcome, PluginFailure, Step, StepKind, Verdict, merge,
 };
-pub use chain::{AuthProvider, Chain, Outcome, PluginFailure, Step, StepKind, Verdict, merge};
 pub use compile_cache::{CacheOutcome, CompileCache};
 pub use pool::{PluginStats, WasmPlugin};
+pub use sandbox::Grants;
 pub use services::{CachePolicy, HostServices, NoServices};
 pub use settings::{RuntimeSettings, SettingsError};
+pub use types::{
+    Credentials, Decision, Denial, DenyCode, Device, Identity, LogLevel, Narrowing, Peer, Request,
+    Review, ReviewError,
+};
 pub use world::{BinaryKind, Item, binary_kind};
 
-use bindings::AuthPluginPre;
-use pool::{InstanceError, PoolParts};
-use sandbox::{SandboxLimits, StoreState};
+/// The contract's limits on what a plugin hands back, as documented in `wit/auth.wit`.
+pub mod limits {
+    pub use crate::bounds::{
+        MAX_ATTRIBUTE_KEY, MAX_ATTRIBUTE_VALUE, MAX_ATTRIBUTES, MAX_CONFIGURE_ERROR, MAX_GROUP,
+        MAX_GROUPS, MAX_LOG_LINE, MAX_LOG_PER_CALL, MAX_MESSAGE, MAX_METHOD, MAX_REASON, MAX_ROLE,
+        MAX_ROLES, MAX_SCOPE, MAX_SCOPES, MAX_SUBJECT,
+    };
+}
+
+use pool::{InstanceError, PoolParts, Pre};
+use sandbox::{MemoryBudget, SandboxLimits, StoreState};
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// Where a plugin's component comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +159,8 @@ pub struct PluginSpec {
     pub source: PluginSource,
     /// The operator's configuration table, handed to the plugin's `configure` as JSON.
     pub config: serde_json::Value,
+    /// What the operator grants the plugin beyond the contract's defaults.
+    pub grants: Grants,
 }
 
 /// Why a plugin could not be loaded. Every variant names the plugin's file (or built-in name)
@@ -195,8 +220,8 @@ pub enum LoadError {
         #[source]
         source: wasmtime::Error,
     },
-    /// The component does not implement `trustgate:auth/auth-plugin@0.1.0`.
-    #[error("{origin}: does not implement {WORLD}: {detail}")]
+    /// The component does not implement the `auth-plugin` world of a supported version.
+    #[error("{origin}: does not implement trustgate:auth/auth-plugin: {detail}")]
     WrongWorld {
         /// The file.
         origin: String,
@@ -242,6 +267,7 @@ pub struct Compiled {
     size: usize,
     component: Component,
     cache: CacheOutcome,
+    version: ContractVersion,
 }
 
 impl std::fmt::Debug for Compiled {
@@ -267,6 +293,10 @@ impl Compiled {
     pub fn cache(&self) -> CacheOutcome {
         self.cache
     }
+    /// The contract version the component targets.
+    pub fn contract(&self) -> ContractVersion {
+        self.version
+    }
 }
 
 /// What `trustgate plugin inspect` reports about a component.
@@ -280,8 +310,9 @@ pub struct Inspection {
     pub imports: Vec<Item>,
     /// Top-level exports.
     pub exports: Vec<Item>,
-    /// `Ok(world)` if it implements the plugin world, else why not.
-    pub world: Result<&'static str, String>,
+    /// `Ok(version)` if it implements the plugin world of a supported contract version, else
+    /// why not.
+    pub world: Result<ContractVersion, String>,
 }
 
 /// One engine, one linker, one epoch ticker: everything needed to load and run plugins.
@@ -293,6 +324,7 @@ pub struct Runtime {
     cache: Option<CompileCache>,
     services: Arc<dyn HostServices>,
     ticker: Arc<engine::EpochTicker>,
+    budget: Arc<MemoryBudget>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -346,6 +378,7 @@ impl Runtime {
             engine,
             linker,
             limits: SandboxLimits::from(&settings),
+            budget: Arc::new(MemoryBudget::new(settings.memory_budget_bytes())),
             settings,
             cache,
             services,
@@ -440,17 +473,19 @@ impl Runtime {
             size: bytes.len(),
             component,
             cache,
+            version: ContractVersion::CURRENT,
         })
     }
 
     /// Compiles `bytes` and checks that they implement the plugin world.
     pub fn compile(&self, origin: &str, bytes: &[u8]) -> Result<Compiled, LoadError> {
-        let compiled = self.component(origin, bytes)?;
+        let mut compiled = self.component(origin, bytes)?;
         let (imports, exports) = world::items(&self.engine, &compiled.component);
-        world::check(&imports, &exports).map_err(|detail| LoadError::WrongWorld {
-            origin: origin.into(),
-            detail,
-        })?;
+        compiled.version =
+            world::check(&imports, &exports).map_err(|detail| LoadError::WrongWorld {
+                origin: origin.into(),
+                detail,
+            })?;
         Ok(compiled)
     }
 
@@ -458,9 +493,13 @@ impl Runtime {
     pub fn inspect(&self, origin: &str, bytes: &[u8]) -> Result<Inspection, LoadError> {
         let compiled = self.component(origin, bytes)?;
         let (imports, exports) = world::items(&self.engine, &compiled.component);
-        let world = world::check(&imports, &exports).and_then(|()| {
+        let world = world::check(&imports, &exports).and_then(|version| {
+            let compiled = Compiled {
+                version,
+                ..compiled.clone()
+            };
             self.prepare(&compiled)
-                .map(|_| WORLD)
+                .map(|_| version)
                 .map_err(|e| e.to_string())
         });
         Ok(Inspection {
@@ -472,7 +511,7 @@ impl Runtime {
         })
     }
 
-    fn prepare(&self, compiled: &Compiled) -> Result<AuthPluginPre<StoreState>, LoadError> {
+    fn prepare(&self, compiled: &Compiled) -> Result<Pre, LoadError> {
         let wrong = |e: wasmtime::Error| LoadError::WrongWorld {
             origin: compiled.origin.clone(),
             detail: format!("{e:#}"),
@@ -481,7 +520,14 @@ impl Runtime {
             .linker
             .instantiate_pre(&compiled.component)
             .map_err(wrong)?;
-        AuthPluginPre::new(pre).map_err(wrong)
+        match compiled.version {
+            ContractVersion::V0_1 => bindings::v0_1::AuthPluginPre::new(pre)
+                .map(Pre::V0_1)
+                .map_err(wrong),
+            ContractVersion::V0_2 => bindings::v0_2::AuthPluginPre::new(pre)
+                .map(Pre::V0_2)
+                .map_err(wrong),
+        }
     }
 
     /// Loads a compiled component as plugin `name` with `config`, running `configure` once so
@@ -491,6 +537,7 @@ impl Runtime {
         name: &str,
         compiled: &Compiled,
         config: &serde_json::Value,
+        grants: Grants,
     ) -> Result<WasmPlugin, LoadError> {
         let pre = self.prepare(compiled)?;
         let config_json = serde_json::to_string(config).map_err(|source| LoadError::Config {
@@ -504,9 +551,21 @@ impl Runtime {
             pre,
             services: self.services.clone(),
             limits: self.limits,
+            grants,
             max_idle: self.settings.max_idle_instances,
+            max_instances: self.settings.max_instances,
+            instance_wait: self.settings.instance_wait(),
+            budget: self.budget.clone(),
+            stats: Arc::default(),
             ticker: self.ticker.clone(),
         });
+        if compiled.version == ContractVersion::V0_1 {
+            tracing::warn!(
+                plugin = name,
+                origin = compiled.origin,
+                "built against trustgate:auth@0.1.0, which is deprecated: rebuild it against trustgate:auth@0.2.0 (0.1.0 copies the raw credentials into every plugin)"
+            );
+        }
         plugin.warm_up().await.map_err(|e| match e {
             InstanceError::Configure(message) => LoadError::Configure {
                 plugin: name.into(),
@@ -526,7 +585,8 @@ impl Runtime {
     pub async fn load(&self, spec: &PluginSpec) -> Result<WasmPlugin, LoadError> {
         let (origin, bytes) = self.read_source(&spec.source)?;
         let compiled = self.compile(&origin, &bytes)?;
-        self.instantiate(&spec.name, &compiled, &spec.config).await
+        self.instantiate(&spec.name, &compiled, &spec.config, spec.grants)
+            .await
     }
 
     /// Loads every plugin of a chain, in order; the first failure aborts the whole chain and

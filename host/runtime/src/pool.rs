@@ -1,23 +1,56 @@
 //! The instance pool: a loaded plugin is its compiled component, prepared once
 //! (`InstancePre`), plus configured instances ready to serve. Each call takes an instance out
 //! of the pool, so concurrent authentications never wait on one another; an instance that
-//! failed in any way is dropped, never reused.
+//! failed in any way is dropped, never reused. A plugin has at most `max_instances` instances
+//! alive; a call beyond that waits a bounded time for one, then fails as `Busy`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use wasmtime::Store;
+use wasmtime::component::Resource;
 
-use super::bindings::{AuthPlugin, AuthPluginPre, Decision, Identity, Request};
-use super::chain::{AuthProvider, PluginFailure};
-use super::engine::EpochTicker;
-use super::sandbox::{SandboxLimits, StoreState, Tripped, on_epoch_deadline};
-use super::services::{CachePolicy, HostServices};
+use crate::bindings::{ContractVersion, v0_1, v0_2};
+use crate::bounds;
+use crate::chain::{AuthProvider, Call, PluginFailure};
+use crate::contract::{
+    IdentityHandle, RequestHandle, decision_v0_1, decision_v0_2, identity_v0_1, request_v0_1,
+};
+use crate::engine::EpochTicker;
+use crate::sandbox::{
+    Grants, MemoryBudget, SandboxLimits, StoreParts, StoreState, Tripped, on_epoch_deadline,
+};
+use crate::services::{CachePolicy, HostServices};
+use crate::types::Decision;
 
+/// A component prepared against one contract version.
+pub(crate) enum Pre {
+    V0_1(v0_1::AuthPluginPre<StoreState>),
+    V0_2(v0_2::AuthPluginPre<StoreState>),
+}
+
+impl Pre {
+    fn version(&self) -> ContractVersion {
+        match self {
+            Self::V0_1(_) => ContractVersion::V0_1,
+            Self::V0_2(_) => ContractVersion::V0_2,
+        }
+    }
+}
+
+enum Bindings {
+    V0_1(v0_1::AuthPlugin),
+    V0_2(v0_2::AuthPlugin),
+}
+
+/// One configured instance. Holding it holds one of the plugin's instance permits.
 struct Slot {
     store: Store<StoreState>,
-    bindings: AuthPlugin,
+    bindings: Bindings,
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Upper bounds (µs) of the call-latency buckets.
@@ -51,11 +84,13 @@ pub struct PluginStats {
     pub failures: AtomicU64,
     /// Instances created (the first at load, then one per failure or pool miss).
     pub instances: AtomicU64,
+    /// Bytes of log output dropped because a call exceeded its log budget.
+    pub log_dropped_bytes: AtomicU64,
     latency: [AtomicU64; 16],
 }
 
 impl PluginStats {
-    fn observe(&self, elapsed: std::time::Duration) {
+    fn observe(&self, elapsed: Duration) {
         let us = elapsed.as_micros() as u64;
         let i = LATENCY_BOUNDS_US
             .iter()
@@ -92,7 +127,10 @@ impl PluginStats {
 pub struct WasmPlugin {
     parts: PoolParts,
     idle: std::sync::Mutex<Vec<Slot>>,
-    stats: PluginStats,
+    /// One permit per live instance.
+    instances: Arc<Semaphore>,
+    /// Signalled whenever an instance is parked.
+    returned: Notify,
 }
 
 /// What a pool is made of, handed over by the runtime that loaded the plugin.
@@ -100,10 +138,15 @@ pub(crate) struct PoolParts {
     pub name: Arc<str>,
     pub sha256: String,
     pub config_json: String,
-    pub pre: AuthPluginPre<StoreState>,
+    pub pre: Pre,
     pub services: Arc<dyn HostServices>,
     pub limits: SandboxLimits,
+    pub grants: Grants,
     pub max_idle: usize,
+    pub max_instances: usize,
+    pub instance_wait: Duration,
+    pub budget: Arc<MemoryBudget>,
+    pub stats: Arc<PluginStats>,
     /// Deadlines only fire while the epoch ticks: a plugin keeps the ticker alive even if the
     /// runtime that loaded it is gone, and marks itself busy during calls so it ticks.
     pub ticker: Arc<EpochTicker>,
@@ -121,7 +164,7 @@ impl std::fmt::Debug for WasmPlugin {
 /// Why creating a configured instance failed.
 #[derive(Debug)]
 pub(crate) enum InstanceError {
-    /// The plugin's `configure` returned an error (shown verbatim).
+    /// The plugin's `configure` returned an error (escaped and cut to the contract's limit).
     Configure(String),
     /// Instantiation or the `configure` call failed in the sandbox.
     Failed(PluginFailure),
@@ -130,9 +173,10 @@ pub(crate) enum InstanceError {
 impl WasmPlugin {
     pub(crate) fn new(parts: PoolParts) -> Self {
         Self {
+            instances: Arc::new(Semaphore::new(parts.max_instances)),
             parts,
             idle: std::sync::Mutex::new(Vec::new()),
-            stats: PluginStats::default(),
+            returned: Notify::new(),
         }
     }
 
@@ -148,45 +192,100 @@ impl WasmPlugin {
 
     /// Call counters.
     pub fn stats(&self) -> &PluginStats {
-        &self.stats
+        &self.parts.stats
+    }
+
+    /// The contract version the component was built against.
+    pub fn contract(&self) -> ContractVersion {
+        self.parts.pre.version()
+    }
+
+    /// What the operator granted the plugin. (A 0.1 component sees the credentials whatever
+    /// its grants: its contract copies them into every request.)
+    pub fn grants(&self) -> Grants {
+        self.parts.grants
+    }
+
+    /// Bytes of memory all instances of the runtime that loaded this plugin hold together
+    /// (what its `memory_budget_mib` is charged with).
+    pub fn runtime_memory_bytes(&self) -> usize {
+        self.parts.budget.used()
+    }
+
+    /// Whether the plugin can read raw credentials: granted, or implied by contract 0.1.
+    pub fn reads_credentials(&self) -> bool {
+        self.parts.grants.read_credentials || self.contract() == ContractVersion::V0_1
     }
 
     /// Creates, configures and parks one instance, proving the plugin accepts its
     /// configuration. Used once at load so configuration errors surface before serving.
     pub(crate) async fn warm_up(&self) -> Result<(), InstanceError> {
         let _busy = self.parts.ticker.busy();
-        let slot = self.new_slot().await?;
+        let permit = self
+            .instances
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| InstanceError::Failed(PluginFailure::Busy))?;
+        let slot = self.new_slot(permit).await?;
         self.park(slot);
         Ok(())
     }
 
-    async fn new_slot(&self) -> Result<Slot, InstanceError> {
-        self.stats.instances.fetch_add(1, Ordering::Relaxed);
+    async fn new_slot(&self, permit: OwnedSemaphorePermit) -> Result<Slot, InstanceError> {
         let p = &self.parts;
+        p.stats.instances.fetch_add(1, Ordering::Relaxed);
         let mut store = Store::new(
-            p.pre.engine(),
-            StoreState::new(p.name.clone(), p.services.clone(), p.limits),
+            p.pre_engine(),
+            StoreState::new(StoreParts {
+                plugin: p.name.clone(),
+                services: p.services.clone(),
+                limits: p.limits,
+                grants: p.grants,
+                stats: p.stats.clone(),
+                budget: p.budget.clone(),
+            }),
         );
         store.limiter(|s| s);
         store.epoch_deadline_callback(on_epoch_deadline);
         let ticks = store.data_mut().begin_call(CachePolicy::Use);
         store.set_epoch_deadline(ticks);
-        let bindings = match p.pre.instantiate_async(&mut store).await {
+        let bindings = match &p.pre {
+            Pre::V0_1(pre) => pre.instantiate_async(&mut store).await.map(Bindings::V0_1),
+            Pre::V0_2(pre) => pre.instantiate_async(&mut store).await.map(Bindings::V0_2),
+        };
+        let bindings = match bindings {
             Ok(b) => b,
             Err(e) => return Err(InstanceError::Failed(classify(&store, "instantiate", e))),
         };
         let ticks = store.data_mut().begin_call(CachePolicy::Use);
         store.set_epoch_deadline(ticks);
-        let configured = tokio::time::timeout(
-            p.limits.wall_clock_bound(),
-            bindings
-                .trustgate_auth_plugin()
-                .call_configure(&mut store, &p.config_json),
-        )
+        let configured = tokio::time::timeout(p.limits.call_timeout, async {
+            match &bindings {
+                Bindings::V0_1(b) => {
+                    b.trustgate_auth_plugin()
+                        .call_configure(&mut store, &p.config_json)
+                        .await
+                }
+                Bindings::V0_2(b) => {
+                    b.trustgate_auth_plugin()
+                        .call_configure(&mut store, &p.config_json)
+                        .await
+                }
+            }
+        })
         .await;
         match configured {
-            Ok(Ok(Ok(()))) => Ok(Slot { store, bindings }),
-            Ok(Ok(Err(message))) => Err(InstanceError::Configure(message)),
+            Ok(Ok(Ok(()))) => Ok(Slot {
+                store,
+                bindings,
+                _permit: permit,
+            }),
+            Ok(Ok(Err(message))) => {
+                let message = bounds::clip(&message, bounds::MAX_CONFIGURE_ERROR);
+                Err(InstanceError::Configure(
+                    bounds::escape_text(message).into_owned(),
+                ))
+            }
             Ok(Err(e)) => Err(InstanceError::Failed(classify(&store, "configure", e))),
             Err(_) => Err(InstanceError::Failed(PluginFailure::Timeout)),
         }
@@ -196,46 +295,126 @@ impl WasmPlugin {
         self.idle.lock().ok().and_then(|mut idle| idle.pop())
     }
 
+    /// Returns an instance to the pool (or drops it, releasing its permit, if the pool is
+    /// full) and wakes one call waiting for an instance.
     fn park(&self, slot: Slot) {
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < self.parts.max_idle
         {
             idle.push(slot);
         }
+        self.returned.notify_one();
     }
 
-    async fn call(
-        &self,
-        request: &Request,
-        so_far: Option<&Identity>,
-        cache: CachePolicy,
-    ) -> Result<Decision, PluginFailure> {
-        let mut slot = match self.take() {
-            Some(slot) => slot,
-            None => self.new_slot().await.map_err(|e| match e {
+    /// An idle instance, or a new one if the plugin is under its instance cap; at the cap,
+    /// waits up to `instance_wait` for an instance to come back or be dropped.
+    async fn slot(&self) -> Result<Slot, PluginFailure> {
+        let deadline = tokio::time::Instant::now() + self.parts.instance_wait;
+        loop {
+            // Register for "an instance was parked" before looking, so none is missed.
+            let parked = self.returned.notified();
+            tokio::pin!(parked);
+            parked.as_mut().enable();
+            if let Some(slot) = self.take() {
+                return Ok(slot);
+            }
+            let permit = match self.instances.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => tokio::select! {
+                    _ = &mut parked => continue,
+                    p = self.instances.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return Err(PluginFailure::Busy),
+                    },
+                    _ = tokio::time::sleep_until(deadline) => return Err(PluginFailure::Busy),
+                },
+            };
+            return self.new_slot(permit).await.map_err(|e| match e {
                 InstanceError::Configure(m) => PluginFailure::Configure(m),
                 InstanceError::Failed(f) => f,
-            })?,
-        };
-        let ticks = slot.store.data_mut().begin_call(cache);
+            });
+        }
+    }
+
+    async fn call(&self, call: &Call) -> Result<Decision, PluginFailure> {
+        let mut slot = self.slot().await?;
+        let ticks = slot.store.data_mut().begin_call(call.cache);
         slot.store.set_epoch_deadline(ticks);
-        let outcome = tokio::time::timeout(
-            self.parts.limits.wall_clock_bound(),
-            slot.bindings.trustgate_auth_plugin().call_authenticate(
-                &mut slot.store,
-                request,
-                so_far,
-            ),
-        )
-        .await;
-        match outcome {
-            Ok(Ok(decision)) => {
-                self.park(slot);
-                Ok(decision)
+        let limit = self.parts.limits.call_timeout;
+        let outcome = match &slot.bindings {
+            Bindings::V0_1(b) => {
+                let request = request_v0_1(&call.request);
+                let so_far = call.so_far.as_deref().map(identity_v0_1);
+                let run = b.trustgate_auth_plugin().call_authenticate(
+                    &mut slot.store,
+                    &request,
+                    so_far.as_ref(),
+                );
+                tokio::time::timeout(limit, run)
+                    .await
+                    .map(|r| r.map(decision_v0_1))
             }
+            Bindings::V0_2(b) => {
+                let lent = lend(&mut slot.store, call);
+                match lent {
+                    Err(e) => Ok(Err(e)),
+                    Ok((request, so_far)) => {
+                        let run = b.trustgate_auth_plugin().call_authenticate(
+                            &mut slot.store,
+                            Resource::new_borrow(request.rep()),
+                            so_far.as_ref().map(|s| Resource::new_borrow(s.rep())),
+                        );
+                        let out = tokio::time::timeout(limit, run).await;
+                        let state = slot.store.data_mut();
+                        let _ = state.table.delete(request);
+                        if let Some(s) = so_far {
+                            let _ = state.table.delete(s);
+                        }
+                        out.map(|r| r.map(decision_v0_2))
+                    }
+                }
+            }
+        };
+        slot.store.data_mut().release_handles();
+        match outcome {
+            Ok(Ok(decision)) => match bounds::decision(&decision) {
+                Ok(()) => {
+                    self.park(slot);
+                    Ok(decision)
+                }
+                // The instance itself is sound; its answer was not. Nothing of the answer's
+                // content goes further than this message, which names only field and size.
+                Err(why) => {
+                    self.park(slot);
+                    Err(PluginFailure::InvalidDecision(why))
+                }
+            },
             // The instance is dropped here: its state after a trap is not to be trusted.
             Ok(Err(e)) => Err(classify(&slot.store, "authenticate", e)),
             Err(_) => Err(PluginFailure::Timeout),
+        }
+    }
+}
+
+/// Lends the request (and the identity so far) to the guest for one call.
+fn lend(
+    store: &mut Store<StoreState>,
+    call: &Call,
+) -> wasmtime::Result<(Resource<RequestHandle>, Option<Resource<IdentityHandle>>)> {
+    let table = &mut store.data_mut().table;
+    let request = table.push(RequestHandle(call.request.clone()))?;
+    let so_far = match &call.so_far {
+        Some(id) => Some(table.push(IdentityHandle(id.clone()))?),
+        None => None,
+    };
+    Ok((request, so_far))
+}
+
+impl PoolParts {
+    fn pre_engine(&self) -> &wasmtime::Engine {
+        match &self.pre {
+            Pre::V0_1(p) => p.engine(),
+            Pre::V0_2(p) => p.engine(),
         }
     }
 }
@@ -244,12 +423,14 @@ fn classify(store: &Store<StoreState>, during: &str, error: wasmtime::Error) -> 
     match store.data().tripped() {
         Tripped::Deadline => PluginFailure::Deadline,
         Tripped::Memory => PluginFailure::Memory,
+        Tripped::Budget => PluginFailure::Busy,
         Tripped::Nothing => {
             let trap = error
                 .downcast_ref::<wasmtime::Trap>()
                 .map(|t| t.to_string())
                 .unwrap_or_else(|| format!("{error:#}"));
             tracing::debug!(plugin = store.data().plugin(), during, error = ?error, "plugin trapped");
+            let trap = bounds::escape_text(bounds::clip(&trap, bounds::MAX_MESSAGE)).into_owned();
             PluginFailure::Trap(format!("{during}: {trap}"))
         }
     }
@@ -261,24 +442,20 @@ impl AuthProvider for WasmPlugin {
         &self.parts.name
     }
 
-    async fn authenticate(
-        &self,
-        request: &Request,
-        so_far: Option<&Identity>,
-        cache: CachePolicy,
-    ) -> Result<Decision, PluginFailure> {
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+    async fn authenticate(&self, call: &Call) -> Result<Decision, PluginFailure> {
+        let stats = &self.parts.stats;
+        stats.calls.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
         let result = {
             let _busy = self.parts.ticker.busy();
-            self.call(request, so_far, cache).await
+            self.call(call).await
         };
-        self.stats.observe(started.elapsed());
+        stats.observe(started.elapsed());
         if let Ok(Decision::Deny(_)) = &result {
-            self.stats.denials.fetch_add(1, Ordering::Relaxed);
+            stats.denials.fetch_add(1, Ordering::Relaxed);
         }
         if let Err(failure) = &result {
-            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            stats.failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(plugin = &*self.parts.name, cause = failure.cause(), error = %failure, "plugin failed; denying (fail closed)");
         }
         result

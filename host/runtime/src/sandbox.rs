@@ -1,11 +1,22 @@
-//! The sandbox: the per-store state of one plugin instance and the fences around it — a CPU
-//! deadline (epoch interruption), a memory cap (a resource limiter), a wall-clock timeout on
-//! host calls, and a WASI context with no filesystem, environment, network or inherited stdio.
-//! The capabilities plugins *are* given live in `host_imports.rs`.
+//! The sandbox: the per-store state of one plugin instance and the fences around it.
+//!
+//! - **CPU**: a deadline per call by epoch interruption; time in host calls and time parked
+//!   after yielding does not count. Long guests yield every slice.
+//! - **Wall clock**: one bound per call (`call_timeout_ms`) covering guest code, host calls and
+//!   anything a guest may wait on through WASI (a clock, a poll); each host call is also capped
+//!   by `host_call_timeout_ms` and by what remains of the call.
+//! - **Memory**: a cap per instance and a budget shared by every instance of the runtime, both
+//!   charged by a resource limiter as memories and tables grow.
+//! - **Output**: log lines cut and escaped, at most [`MAX_LOG_PER_CALL`] bytes per call across
+//!   `log`, stdout and stderr; the rest is dropped and counted.
+//! - **Nothing else**: a WASI context with no filesystem, environment, arguments, network or
+//!   name lookup.
+//!
+//! What plugins *are* given lives in `contract.rs`.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -15,8 +26,12 @@ use wasmtime::{ResourceLimiter, StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::services::{CachePolicy, HostServices};
-use super::settings::RuntimeSettings;
+use crate::bounds::{MAX_LOG_LINE, MAX_LOG_PER_CALL, clip, escape_text};
+use crate::contract::Tracked;
+use crate::pool::PluginStats;
+use crate::services::{CachePolicy, HostServices};
+use crate::settings::RuntimeSettings;
+use crate::types::{LogLevel, Review, ReviewError};
 
 /// How long one epoch tick lasts. The deadline is enforced to within about one tick.
 pub(crate) const TICK: Duration = Duration::from_millis(1);
@@ -25,9 +40,6 @@ pub(crate) const TICK: Duration = Duration::from_millis(1);
 /// continuing, so one slow plugin cannot hold a worker thread for its whole deadline.
 const SLICE: Duration = Duration::from_millis(10);
 
-/// Longest plugin log line kept; longer lines are cut so a plugin cannot flood the log.
-pub(crate) const MAX_LOG_LINE: usize = 2048;
-
 /// The per-call limits of every instance, read from [`RuntimeSettings`] once, in the form the
 /// hot path uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +47,7 @@ pub(crate) struct SandboxLimits {
     pub deadline: Duration,
     pub memory_bytes: usize,
     pub host_call_timeout: Duration,
+    pub call_timeout: Duration,
 }
 
 impl From<&RuntimeSettings> for SandboxLimits {
@@ -43,15 +56,49 @@ impl From<&RuntimeSettings> for SandboxLimits {
             deadline: s.deadline(),
             memory_bytes: s.memory_bytes(),
             host_call_timeout: s.host_call_timeout(),
+            call_timeout: s.call_timeout(),
         }
     }
 }
 
-impl SandboxLimits {
-    /// The outer wall-clock bound of one guest call: the CPU deadline plus room for host calls.
-    /// It only matters if a host service ignores its own timeout; the instance is then discarded.
-    pub(crate) fn wall_clock_bound(&self) -> Duration {
-        self.deadline * 4 + self.host_call_timeout * 2 + Duration::from_millis(100)
+/// What a plugin may do beyond the contract's defaults, granted by the operator per plugin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// May read the raw bearer token and device token (`credentials = "read"`).
+    pub read_credentials: bool,
+}
+
+/// Memory all instances of one runtime may hold together. Instances reserve from it as their
+/// memories and tables grow and give it back when they are dropped.
+#[derive(Debug)]
+pub(crate) struct MemoryBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl MemoryBudget {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    fn reserve(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Bytes currently reserved.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
     }
 }
 
@@ -63,6 +110,15 @@ pub(crate) enum Tripped {
     Nothing,
     Deadline,
     Memory,
+    /// The runtime-wide memory budget is spent (load, not the plugin's fault).
+    Budget,
+}
+
+/// Which verification a plugin asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReviewKind {
+    TokenReview,
+    LocalJwt,
 }
 
 /// Guest CPU accounting for the call in progress: wall time since the call started minus the
@@ -104,51 +160,127 @@ impl CallClock {
     }
 }
 
+/// The log output one call may still produce, shared by the `log` import and the guest's
+/// stdout and stderr.
+#[derive(Debug)]
+struct LogBudget {
+    remaining: AtomicUsize,
+    stats: Arc<PluginStats>,
+}
+
+impl LogBudget {
+    /// Takes up to `want` bytes from the budget; returns how many may be written.
+    fn take(&self, want: usize) -> usize {
+        let mut granted = 0;
+        let _ = self
+            .remaining
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                granted = want.min(left);
+                Some(left - granted)
+            });
+        if granted < want {
+            self.stats
+                .log_dropped_bytes
+                .fetch_add((want - granted) as u64, Ordering::Relaxed);
+        }
+        granted
+    }
+}
+
+/// Writes one plugin log line: cut to the line limit and to what the call's budget allows,
+/// escaped, tagged with the plugin (and the stream it came from).
+fn emit(plugin: &str, stream: &str, level: LogLevel, budget: &LogBudget, text: &str) {
+    let line = clip(text, MAX_LOG_LINE);
+    let line = clip(line, budget.take(line.len()));
+    if line.is_empty() {
+        return;
+    }
+    let line = escape_text(line);
+    match level {
+        LogLevel::Trace => tracing::trace!(plugin, stream, "{line}"),
+        LogLevel::Debug => tracing::debug!(plugin, stream, "{line}"),
+        LogLevel::Info => tracing::info!(plugin, stream, "{line}"),
+        LogLevel::Warn => tracing::warn!(plugin, stream, "{line}"),
+        LogLevel::Error => tracing::error!(plugin, stream, "{line}"),
+    }
+}
+
 /// Store data of one plugin instance.
 pub(crate) struct StoreState {
     pub(crate) plugin: Arc<str>,
     wasi: WasiCtx,
-    table: ResourceTable,
-    pub(crate) services: Arc<dyn HostServices>,
+    pub(crate) table: ResourceTable,
+    services: Arc<dyn HostServices>,
     limits: SandboxLimits,
     clock: CallClock,
     tripped: Tripped,
     /// Whether host verifications during the current call may use the embedder's cache.
-    pub(crate) cache: CachePolicy,
+    cache: CachePolicy,
+    pub(crate) grants: Grants,
+    /// Handles (credentials, reviews) the current call created and the guest still holds.
+    pub(crate) handles: Vec<(u32, Tracked)>,
+    log: Arc<LogBudget>,
+    budget: Arc<MemoryBudget>,
+    /// Bytes this instance has reserved from `budget`.
+    reserved: usize,
+}
+
+/// What a new store is made of.
+pub(crate) struct StoreParts {
+    pub plugin: Arc<str>,
+    pub services: Arc<dyn HostServices>,
+    pub limits: SandboxLimits,
+    pub grants: Grants,
+    pub stats: Arc<PluginStats>,
+    pub budget: Arc<MemoryBudget>,
 }
 
 impl StoreState {
-    pub(crate) fn new(
-        plugin: Arc<str>,
-        services: Arc<dyn HostServices>,
-        limits: SandboxLimits,
-    ) -> Self {
+    pub(crate) fn new(p: StoreParts) -> Self {
+        let log = Arc::new(LogBudget {
+            remaining: AtomicUsize::new(MAX_LOG_PER_CALL),
+            stats: p.stats,
+        });
         // Deliberately nothing: no preopened directories, no environment, no arguments, no
         // sockets, no name lookup. Output goes to the diagnostic log, tagged with the plugin.
+        let stream = |name| LogStream {
+            plugin: p.plugin.clone(),
+            stream: name,
+            budget: log.clone(),
+        };
         let wasi = WasiCtx::builder()
-            .stdout(LogStream::new(plugin.clone(), "stdout"))
-            .stderr(LogStream::new(plugin.clone(), "stderr"))
+            .stdout(stream("stdout"))
+            .stderr(stream("stderr"))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
         Self {
-            plugin,
+            plugin: p.plugin,
             wasi,
             table: ResourceTable::new(),
-            services,
-            limits,
-            clock: CallClock::new(limits.deadline),
+            services: p.services,
+            limits: p.limits,
+            clock: CallClock::new(p.limits.deadline),
             tripped: Tripped::Nothing,
             cache: CachePolicy::Use,
+            grants: p.grants,
+            handles: Vec::new(),
+            log,
+            budget: p.budget,
+            reserved: 0,
         }
     }
 
-    /// Starts the CPU clock for a new guest call; returns the epoch ticks to arm.
+    /// Starts the clocks and the log budget for a new guest call; returns the epoch ticks to
+    /// arm.
     pub(crate) fn begin_call(&mut self, cache: CachePolicy) -> u64 {
         self.clock.restart(self.limits.deadline);
         self.tripped = Tripped::Nothing;
         self.cache = cache;
+        self.log
+            .remaining
+            .store(MAX_LOG_PER_CALL, Ordering::Release);
         ticks(self.limits.deadline.min(SLICE))
     }
 
@@ -160,20 +292,72 @@ impl StoreState {
         &self.plugin
     }
 
-    /// Runs a host call under the host-call timeout; its time does not count as guest CPU.
-    /// `None`: the call did not finish in time.
-    pub(crate) async fn host_call<T>(&mut self, call: impl Future<Output = T>) -> Option<T> {
-        let started = Instant::now();
-        let out = tokio::time::timeout(self.limits.host_call_timeout, call)
-            .await
-            .ok();
-        self.clock.in_host += started.elapsed();
-        out
+    /// A plugin's log line (the `log` import of either contract version).
+    pub(crate) fn plugin_log(&self, level: LogLevel, message: &str) {
+        emit(&self.plugin, "log", level, &self.log, message);
     }
 
-    /// The host-call timeout, for messages.
-    pub(crate) fn host_call_timeout(&self) -> Duration {
-        self.limits.host_call_timeout
+    /// A verification on the plugin's behalf, under the host-call timeout and within what
+    /// remains of the call's wall-clock bound; its time does not count as guest CPU.
+    pub(crate) async fn review(
+        &mut self,
+        kind: ReviewKind,
+        token: &str,
+        audiences: &[String],
+    ) -> Result<Arc<dyn Review>, ReviewError> {
+        // Leave the guest a deadline's worth of the call to finish after the host call.
+        let left = self
+            .limits
+            .call_timeout
+            .saturating_sub(self.clock.started.elapsed())
+            .saturating_sub(self.limits.deadline);
+        let timeout = self.limits.host_call_timeout.min(left);
+        let started = Instant::now();
+        let (services, cache) = (self.services.clone(), self.cache);
+        let call = async {
+            match kind {
+                ReviewKind::TokenReview => services.token_review(token, audiences, cache).await,
+                ReviewKind::LocalJwt => services.verify_jwt(token, audiences).await,
+            }
+        };
+        let out = tokio::time::timeout(timeout, call).await;
+        self.clock.in_host += started.elapsed();
+        out.unwrap_or_else(|_| {
+            Err(ReviewError::Unavailable(format!(
+                "{} did not answer within {} ms",
+                match kind {
+                    ReviewKind::TokenReview => "TokenReview",
+                    ReviewKind::LocalJwt => "JWT verification",
+                },
+                timeout.as_millis()
+            )))
+        })
+    }
+
+    /// Charges `delta` bytes of growth to the instance cap and the runtime's budget.
+    fn grow(&mut self, current: usize, desired: usize, cap: usize) -> wasmtime::Result<bool> {
+        if desired > cap {
+            self.tripped = Tripped::Memory;
+            // An error (rather than `Ok(false)`) traps right here, so a guest cannot keep
+            // running after a refused growth with half-initialised state.
+            wasmtime::bail!("memory cap of {cap} bytes reached (wanted {desired})");
+        }
+        let delta = desired.saturating_sub(current);
+        if !self.budget.reserve(delta) {
+            self.tripped = Tripped::Budget;
+            wasmtime::bail!(
+                "the runtime's plugin memory budget of {} bytes is spent",
+                self.budget.limit
+            );
+        }
+        self.reserved += delta;
+        Ok(true)
+    }
+}
+
+impl Drop for StoreState {
+    fn drop(&mut self) {
+        self.budget.release(self.reserved);
     }
 }
 
@@ -216,59 +400,34 @@ impl WasiView for StoreState {
 impl ResourceLimiter for StoreState {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limits.memory_bytes {
-            self.tripped = Tripped::Memory;
-            // An error (rather than `Ok(false)`) traps right here, so a guest cannot keep
-            // running after a refused growth with half-initialised state.
-            return Err(wasmtime::Error::msg(format!(
-                "memory cap of {} bytes reached (wanted {desired})",
-                self.limits.memory_bytes
-            )));
-        }
-        Ok(true)
+        let cap = self.limits.memory_bytes;
+        self.grow(current, desired, cap)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        // Each table element costs a pointer; count tables against the same cap.
-        if desired.saturating_mul(size_of::<usize>()) > self.limits.memory_bytes {
-            self.tripped = Tripped::Memory;
-            return Err(wasmtime::Error::msg("table growth beyond the memory cap"));
-        }
-        Ok(true)
+        // Each table element costs a pointer; count tables against the same cap and budget.
+        let cap = self.limits.memory_bytes;
+        let bytes = |n: usize| n.saturating_mul(size_of::<usize>());
+        self.grow(bytes(current), bytes(desired), cap)
     }
 }
 
-pub(crate) fn clip(s: &str) -> &str {
-    if s.len() <= MAX_LOG_LINE {
-        return s;
-    }
-    let mut end = MAX_LOG_LINE;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-/// A guest's stdout or stderr: complete lines become log events tagged with the plugin.
+/// A guest's stdout or stderr: complete lines become log events tagged with the plugin,
+/// within the call's log budget.
 #[derive(Clone)]
 struct LogStream {
     plugin: Arc<str>,
     stream: &'static str,
-}
-
-impl LogStream {
-    fn new(plugin: Arc<str>, stream: &'static str) -> Self {
-        Self { plugin, stream }
-    }
+    budget: Arc<LogBudget>,
 }
 
 impl IsTerminal for LogStream {
@@ -294,14 +453,14 @@ struct LineWriter {
 impl LineWriter {
     fn emit(&self, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
-        let text = clip(text.trim_end());
-        if !text.is_empty() {
-            tracing::info!(
-                plugin = &*self.target.plugin,
-                stream = self.target.stream,
-                "{text}"
-            );
-        }
+        let t = &self.target;
+        emit(
+            &t.plugin,
+            t.stream,
+            LogLevel::Info,
+            &t.budget,
+            text.trim_end(),
+        );
     }
 
     fn flush_lines(&mut self) {
@@ -322,6 +481,16 @@ impl AsyncWrite for LineWriter {
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        // Past the budget nothing more is buffered: the bytes are counted and dropped here.
+        if self.target.budget.remaining.load(Ordering::Acquire) == 0 {
+            let dropped = buf.len() as u64;
+            self.target
+                .budget
+                .stats
+                .log_dropped_bytes
+                .fetch_add(dropped, Ordering::Relaxed);
+            return Poll::Ready(Ok(buf.len()));
+        }
         self.pending.extend_from_slice(buf);
         self.flush_lines();
         Poll::Ready(Ok(buf.len()))

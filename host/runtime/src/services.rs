@@ -4,7 +4,9 @@
 
 use async_trait::async_trait;
 
-use super::bindings::{ReviewError, TokenReviewStatus};
+use std::sync::Arc;
+
+use crate::types::{Review, ReviewError};
 
 /// Whether a verification may be answered from the embedder's cache. Passed explicitly with
 /// every call, so the decision to bypass a cache is visible in every signature it crosses.
@@ -21,20 +23,21 @@ pub enum CachePolicy {
 /// What plugins can ask the embedder to do on their behalf.
 #[async_trait]
 pub trait HostServices: Send + Sync + 'static {
-    /// A Kubernetes TokenReview of `token` for `audiences`.
+    /// A Kubernetes TokenReview of `token` for `audiences`. The answer is shared, not copied:
+    /// plugins read it through a handle.
     async fn token_review(
         &self,
         token: &str,
         audiences: &[String],
         cache: CachePolicy,
-    ) -> Result<TokenReviewStatus, ReviewError>;
+    ) -> Result<Arc<dyn Review>, ReviewError>;
 
     /// Local verification of a ServiceAccount JWT against the cluster's OIDC keys.
     async fn verify_jwt(
         &self,
         token: &str,
         audiences: &[String],
-    ) -> Result<TokenReviewStatus, ReviewError>;
+    ) -> Result<Arc<dyn Review>, ReviewError>;
 }
 
 /// Services of a host that offers no verification at all: every call fails with
@@ -63,7 +66,7 @@ impl HostServices for NoServices {
         _token: &str,
         _audiences: &[String],
         _cache: CachePolicy,
-    ) -> Result<TokenReviewStatus, ReviewError> {
+    ) -> Result<Arc<dyn Review>, ReviewError> {
         Err(ReviewError::NotConfigured(self.0.into()))
     }
 
@@ -71,7 +74,7 @@ impl HostServices for NoServices {
         &self,
         _token: &str,
         _audiences: &[String],
-    ) -> Result<TokenReviewStatus, ReviewError> {
+    ) -> Result<Arc<dyn Review>, ReviewError> {
         Err(ReviewError::NotConfigured(self.0.into()))
     }
 }

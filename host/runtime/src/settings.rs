@@ -20,6 +20,19 @@ pub struct RuntimeSettings {
     pub memory_mib: u64,
     /// Wall-clock limit of one host call (TokenReview, JWT verification), in milliseconds.
     pub host_call_timeout_ms: u64,
+    /// Wall-clock bound of one whole call (`configure` or `authenticate`): guest code, host
+    /// calls and anything the guest waits on through WASI, in milliseconds. At least
+    /// `host_call_timeout_ms` + `deadline_ms`: a host call is cut short so the guest keeps
+    /// `deadline_ms` of it to finish.
+    pub call_timeout_ms: u64,
+    /// Memory all instances of all plugins may hold together, in MiB (at least
+    /// `memory_mib`). Growth past it fails the call with `UNAVAILABLE`.
+    pub memory_budget_mib: u64,
+    /// Live instances one plugin may have (idle and busy). A call that finds none idle and the
+    /// cap reached waits up to `instance_wait_ms` for one, then fails with `UNAVAILABLE`.
+    pub max_instances: usize,
+    /// How long a call waits for an instance when a plugin is at `max_instances`, in ms.
+    pub instance_wait_ms: u64,
     /// Directory for compiled components; `None` compiles on every start. The embedder
     /// resolves relative paths before handing the settings over.
     pub cache_dir: Option<PathBuf>,
@@ -33,6 +46,10 @@ impl Default for RuntimeSettings {
             deadline_ms: 50,
             memory_mib: 64,
             host_call_timeout_ms: 5_000,
+            call_timeout_ms: 5_500,
+            memory_budget_mib: 2_048,
+            max_instances: 64,
+            instance_wait_ms: 1_000,
             cache_dir: None,
             max_idle_instances: std::thread::available_parallelism()
                 .map(|n| n.get() * 4)
@@ -78,6 +95,20 @@ impl RuntimeSettings {
             0,
             4_096,
         )?;
+        range(
+            "call_timeout_ms",
+            self.call_timeout_ms,
+            self.host_call_timeout_ms.saturating_add(self.deadline_ms),
+            600_000,
+        )?;
+        range(
+            "memory_budget_mib",
+            self.memory_budget_mib,
+            self.memory_mib,
+            1 << 20,
+        )?;
+        range("max_instances", self.max_instances as u64, 1, 4_096)?;
+        range("instance_wait_ms", self.instance_wait_ms, 0, 60_000)?;
         Ok(())
     }
 
@@ -94,6 +125,21 @@ impl RuntimeSettings {
     /// The wall-clock limit of one host call.
     pub fn host_call_timeout(&self) -> Duration {
         Duration::from_millis(self.host_call_timeout_ms)
+    }
+
+    /// The wall-clock bound of one call.
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_timeout_ms)
+    }
+
+    /// The memory budget of all instances together, in bytes.
+    pub fn memory_budget_bytes(&self) -> usize {
+        (self.memory_budget_mib as usize).saturating_mul(1 << 20)
+    }
+
+    /// How long a call waits for an instance at `max_instances`.
+    pub fn instance_wait(&self) -> Duration {
+        Duration::from_millis(self.instance_wait_ms)
     }
 }
 

@@ -6,7 +6,7 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
 
-use super::bindings::{HOST_IMPORT, PLUGIN_EXPORT, WIT_PACKAGE};
+use super::bindings::ContractVersion;
 
 /// What kind of WebAssembly binary a byte string is, judged from its 8-byte header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,54 +82,70 @@ fn split_version(name: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Checks the world by name; type-level mismatches are left to wasmtime's linker, whose
-/// messages are precise once the names agree.
-pub fn check(imports: &[Item], exports: &[Item]) -> Result<(), String> {
-    let ours = split_version(WIT_PACKAGE).1.unwrap_or_default();
-    let (export_base, _) = split_version(PLUGIN_EXPORT);
-    if !exports.iter().any(|e| e.name == PLUGIN_EXPORT) {
+/// The versions this host implements, for messages: `@0.2.0 and @0.1.0`.
+fn supported() -> String {
+    ContractVersion::ALL
+        .iter()
+        .map(|v| format!("@{}", v.semver()))
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+/// Checks the world by name and tells which contract version the component targets;
+/// type-level mismatches are left to wasmtime's linker, whose messages are precise once the
+/// names agree.
+pub fn check(imports: &[Item], exports: &[Item]) -> Result<ContractVersion, String> {
+    let version = ContractVersion::ALL
+        .into_iter()
+        .find(|v| exports.iter().any(|e| e.name == v.plugin_export()));
+    let Some(version) = version else {
         if let Some(other) = exports
             .iter()
-            .find(|e| split_version(&e.name).0 == export_base)
+            .find(|e| split_version(&e.name).0 == "trustgate:auth/plugin")
         {
             let theirs = split_version(&other.name).1.unwrap_or("(unversioned)");
             return Err(format!(
-                "built against trustgate:auth@{theirs}, but this gateway implements @{ours} (it exports `{}`, expected `{PLUGIN_EXPORT}`)",
-                other.name
+                "built against trustgate:auth@{theirs}, but this gateway implements {} (it exports `{}`, expected `{}`)",
+                supported(),
+                other.name,
+                ContractVersion::CURRENT.plugin_export()
             ));
         }
         let names: Vec<&str> = exports.iter().map(|e| e.name.as_str()).collect();
         return Err(format!(
-            "does not export `{PLUGIN_EXPORT}` (its exports: {})",
+            "does not export `{}` (its exports: {})",
+            ContractVersion::CURRENT.plugin_export(),
             if names.is_empty() {
                 "none".to_string()
             } else {
                 names.join(", ")
             }
         ));
-    }
+    };
+    let ours = version.semver();
     for import in imports {
-        let (base, version) = split_version(&import.name);
+        let (base, v) = split_version(&import.name);
         if base.starts_with("wasi:") {
             continue; // the linker provides WASI; a version it lacks fails at link time
         }
         if base.starts_with("trustgate:auth/") {
-            if version != Some(ours) {
+            if v != Some(ours) {
                 return Err(format!(
-                    "imports `{}`, but this gateway implements trustgate:auth@{ours}",
+                    "imports `{}`, but it exports trustgate:auth@{ours}: a plugin targets one contract version",
                     import.name
                 ));
             }
-            if import.name == HOST_IMPORT || base == "trustgate:auth/types" {
+            if base == "trustgate:auth/host" || base == "trustgate:auth/types" {
                 continue;
             }
         }
         return Err(format!(
-            "imports `{}`, which this gateway does not provide (plugins may import only `{HOST_IMPORT}` and WASI)",
-            import.name
+            "imports `{}`, which this gateway does not provide (plugins may import only `{}` and WASI)",
+            import.name,
+            version.host_import()
         ));
     }
-    Ok(())
+    Ok(version)
 }
 
 #[cfg(test)]
@@ -154,22 +170,39 @@ mod tests {
 
     #[test]
     fn world_check_names_the_problem() {
-        let ok = [item(PLUGIN_EXPORT)];
+        let ok = [item("trustgate:auth/plugin@0.2.0")];
         assert_eq!(
-            check(&[item(HOST_IMPORT), item("wasi:cli/stdout@0.2.6")], &ok),
-            Ok(())
+            check(
+                &[
+                    item("trustgate:auth/host@0.2.0"),
+                    item("wasi:cli/stdout@0.2.6")
+                ],
+                &ok
+            ),
+            Ok(ContractVersion::V0_2)
         );
-        let e = check(&[], &[item("trustgate:auth/plugin@0.2.0")]).unwrap_err();
-        assert!(e.contains("built against trustgate:auth@0.2.0"), "{e}");
+        assert_eq!(
+            check(
+                &[item("trustgate:auth/host@0.1.0")],
+                &[item("trustgate:auth/plugin@0.1.0")]
+            ),
+            Ok(ContractVersion::V0_1)
+        );
+        let e = check(&[], &[item("trustgate:auth/plugin@0.9.0")]).unwrap_err();
+        assert!(
+            e.contains("built against trustgate:auth@0.9.0")
+                && e.contains("implements @0.2.0 and @0.1.0"),
+            "{e}"
+        );
         let e = check(&[], &[item("other:thing/x")]).unwrap_err();
         assert!(
-            e.contains("does not export `trustgate:auth/plugin@0.1.0`")
+            e.contains("does not export `trustgate:auth/plugin@0.2.0`")
                 && e.contains("other:thing/x"),
             "{e}"
         );
         let e = check(&[item("acme:secrets/vault@1.0.0")], &ok).unwrap_err();
         assert!(e.contains("imports `acme:secrets/vault@1.0.0`"), "{e}");
-        let e = check(&[item("trustgate:auth/host@0.3.0")], &ok).unwrap_err();
-        assert!(e.contains("trustgate:auth/host@0.3.0"), "{e}");
+        let e = check(&[item("trustgate:auth/host@0.1.0")], &ok).unwrap_err();
+        assert!(e.contains("one contract version"), "{e}");
     }
 }

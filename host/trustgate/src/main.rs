@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use trustgate_gateway::NO_KUBERNETES;
 use trustgate_gateway::config::{Config, DEFAULT_CONFIG};
-use trustgate_runtime::{Runtime, RuntimeSettings, read_file};
+use trustgate_runtime::{ContractVersion, Grants, Runtime, RuntimeSettings, read_file};
 
 #[derive(Parser)]
 #[command(
@@ -66,6 +66,13 @@ enum Command {
     Config(ConfigCommand),
 }
 
+/// `credentials` of an `[[auth.plugins]]` entry, on the command line.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CredentialsArg {
+    None,
+    Read,
+}
+
 #[derive(Subcommand)]
 enum PluginCommand {
     /// Show a component's world, imports, exports, size and sha256.
@@ -80,6 +87,9 @@ enum PluginCommand {
         /// A TOML file holding the plugin's configuration table.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Grant the plugin reading the raw credentials, as `credentials = "read"` would.
+        #[arg(long, value_enum, default_value_t = CredentialsArg::None)]
+        credentials: CredentialsArg,
     },
 }
 
@@ -241,7 +251,11 @@ async fn run(cli: Cli) -> Result<()> {
         #[cfg(feature = "dev-cluster")]
         Command::Dev(DevCommand::Cluster { dir, listen }) => demo::cluster(&dir, listen).await,
         Command::Plugin(PluginCommand::Inspect { file }) => inspect(file),
-        Command::Plugin(PluginCommand::Check { file, config }) => check_plugin(file, config).await,
+        Command::Plugin(PluginCommand::Check {
+            file,
+            config,
+            credentials,
+        }) => check_plugin(file, config, credentials).await,
         Command::Config(ConfigCommand::Check { file }) => check_config(file).await,
         Command::Config(ConfigCommand::Default) => {
             print!("{DEFAULT_CONFIG}");
@@ -423,7 +437,19 @@ fn inspect(file: PathBuf) -> Result<()> {
     println!("size:    {} bytes", info.size);
     println!("sha256:  {}", info.sha256);
     match &info.world {
-        Ok(world) => println!("world:   {world}"),
+        Ok(version) => {
+            println!("world:   {}", version.world());
+            println!("contract: {}", version.package());
+            match version {
+                ContractVersion::V0_1 => println!(
+                    "credentials: always readable (0.1.0 copies them into every request; deprecated, rebuild against {})",
+                    ContractVersion::CURRENT.package()
+                ),
+                ContractVersion::V0_2 => println!(
+                    "credentials: opaque; readable only with `credentials = \"read\"` in its [[auth.plugins]] entry"
+                ),
+            }
+        }
         Err(_) => println!("world:   (none: not a trustgate auth plugin)"),
     }
     println!("imports:");
@@ -440,7 +466,11 @@ fn inspect(file: PathBuf) -> Result<()> {
     Ok(())
 }
 
-async fn check_plugin(file: PathBuf, config: Option<PathBuf>) -> Result<()> {
+async fn check_plugin(
+    file: PathBuf,
+    config: Option<PathBuf>,
+    credentials: CredentialsArg,
+) -> Result<()> {
     let table = match &config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -459,7 +489,12 @@ async fn check_plugin(file: PathBuf, config: Option<PathBuf>) -> Result<()> {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "plugin".into());
-    runtime.instantiate(&name, &compiled, &table).await?;
+    let grants = Grants {
+        read_credentials: credentials == CredentialsArg::Read,
+    };
+    runtime
+        .instantiate(&name, &compiled, &table, grants)
+        .await?;
     println!(
         "ok: {origin} (sha256 {}) accepted its configuration",
         compiled.sha256()
@@ -480,7 +515,18 @@ async fn check_config(file: Option<PathBuf>) -> Result<()> {
     println!("ok: {origin}");
     println!("auth chain:");
     for (i, p) in plugins.iter().enumerate() {
-        println!("  {}. {} (sha256 {})", i + 1, p.name(), p.sha256());
+        let grant = if p.reads_credentials() {
+            ", reads credentials"
+        } else {
+            ""
+        };
+        println!(
+            "  {}. {} (sha256 {}, {}{grant})",
+            i + 1,
+            p.name(),
+            p.sha256(),
+            p.contract()
+        );
     }
     Ok(())
 }

@@ -77,12 +77,12 @@ impl Rule {
 
     fn matches(&self, request: &Request, identity: Option<&Identity>) -> bool {
         if let Some(roles) = &self.roles
-            && !roles.contains(&request.role)
+            && !roles.iter().any(|r| r == request.role())
         {
             return false;
         }
         if let Some(net) = &self.cidr
-            && !request.peer.ip().is_some_and(|ip| net.contains(&ip))
+            && !request.ip().is_some_and(|ip| net.contains(&ip))
         {
             return false;
         }
@@ -90,15 +90,15 @@ impl Rule {
             return true;
         }
         let Some(id) = identity else { return false };
-        self.subject.as_ref().is_none_or(|p| glob(p, &id.subject))
+        self.subject.as_ref().is_none_or(|p| glob(p, id.subject()))
             && self
                 .namespace
                 .as_ref()
-                .is_none_or(|p| id.attribute("namespace").is_some_and(|ns| glob(p, ns)))
+                .is_none_or(|p| id.attribute("namespace").is_some_and(|ns| glob(p, &ns)))
             && self
                 .group
                 .as_ref()
-                .is_none_or(|p| id.groups.iter().any(|g| glob(p, g)))
+                .is_none_or(|p| id.groups().iter().any(|g| glob(p, g)))
     }
 }
 
@@ -162,12 +162,14 @@ impl Plugin for Allowlist {
             (Some((i, r)), _) if r.effect == Effect::Deny => {
                 deny_forbidden("denied-by-rule", format!("rule {i} denies this peer"))
             }
-            (Some(_), Some(id)) => Decision::Allow(id.clone()),
+            // Let the identity through as it is: nothing is copied back.
+            (Some(_), Some(_)) => Decision::permit(),
             (None, Some(id)) => deny_forbidden(
                 "not-allowlisted",
                 format!(
                     "no rule allows subject `{}` as {}",
-                    id.subject, request.role
+                    id.subject(),
+                    request.role()
                 ),
             ),
             (_, None) => Decision::Abstain,

@@ -23,8 +23,8 @@
 
 use serde::Deserialize;
 use trustgate_plugin_sdk::{
-    Decision, Denial, DenyCode, Identity, Plugin, Request, ReviewError, TokenReviewStatus, deny,
-    deny_forbidden, deny_unauthenticated, glob, token_review, verify_jwt,
+    Decision, Denial, DenyCode, Established, Identity, Plugin, Request, Review, ReviewError, deny,
+    deny_forbidden, deny_unauthenticated, glob,
 };
 
 /// The auth method this plugin handles.
@@ -91,16 +91,6 @@ pub struct K8sSaTrust {
     config: Config,
 }
 
-fn extra<'a>(status: &'a TokenReviewStatus, key: &str) -> Option<&'a str> {
-    status
-        .user
-        .extra
-        .iter()
-        .find(|(k, _)| k == key)
-        .and_then(|(_, v)| v.first())
-        .map(String::as_str)
-}
-
 fn unavailable(reason: &str, message: String) -> Decision {
     Decision::Deny(Denial {
         code: DenyCode::Unavailable,
@@ -160,27 +150,24 @@ impl Plugin for K8sSaTrust {
     }
 
     fn authenticate(&self, request: &Request, _so_far: Option<&Identity>) -> Decision {
-        if request.credentials.method != METHOD {
+        if request.method() != METHOD {
             return Decision::Abstain;
         }
-        let Some(token) = request
-            .credentials
-            .token
-            .as_deref()
-            .filter(|t| !t.is_empty())
-        else {
+        // The token stays in the gateway: the plugin hands over the credentials handle.
+        let credentials = request.credentials();
+        if !credentials.has_token() {
             return deny_unauthenticated(
                 "token-missing",
                 "auth.token is required for k8s-sa-trust",
             );
-        };
+        }
         let c = &self.config;
         let reviewed = match c.mode {
-            Mode::Tokenreview => token_review(token, &c.audiences),
-            Mode::Jwks => verify_jwt(token, &c.audiences),
+            Mode::Tokenreview => credentials.review(&c.audiences),
+            Mode::Jwks => credentials.verify_jwt(&c.audiences),
         };
-        let status = match reviewed {
-            Ok(s) => s,
+        let review: Review = match reviewed {
+            Ok(r) => r,
             Err(ReviewError::NotConfigured(m)) => {
                 return unavailable("kubernetes-not-configured", m);
             }
@@ -188,26 +175,26 @@ impl Plugin for K8sSaTrust {
             Err(ReviewError::Forbidden(m)) => return unavailable("review-forbidden", m),
             Err(ReviewError::Failed(m)) => return unavailable("review-failed", m),
         };
-        if !status.authenticated {
-            let error = status
-                .error
-                .clone()
+        if !review.authenticated() {
+            let error = review
+                .error()
                 .unwrap_or_else(|| "token not authenticated".into());
             return deny_unauthenticated(
                 rejection_reason(&error),
                 format!("token rejected: {error}"),
             );
         }
-        if !status.audiences.iter().any(|a| c.audiences.contains(a)) {
+        let audiences = review.audiences();
+        if !audiences.iter().any(|a| c.audiences.contains(a)) {
             return deny_unauthenticated(
                 "audience-mismatch",
                 format!(
-                    "token audiences {:?} do not include any of {:?}",
-                    status.audiences, c.audiences
+                    "token audiences {audiences:?} do not include any of {:?}",
+                    c.audiences
                 ),
             );
         }
-        let username = status.user.username.clone();
+        let username = review.username();
         let Some((namespace, service_account)) = username
             .strip_prefix("system:serviceaccount:")
             .and_then(|rest| rest.split_once(':'))
@@ -217,8 +204,8 @@ impl Plugin for K8sSaTrust {
                 format!("`{username}` is not a ServiceAccount"),
             );
         };
-        let pod_name = extra(&status, POD_NAME);
-        let pod_uid = extra(&status, POD_UID);
+        let pod_name = review.extra_first(POD_NAME);
+        let pod_uid = review.extra_first(POD_UID);
         if c.require_pod_binding && (pod_name.is_none() || pod_uid.is_none()) {
             return deny_unauthenticated("pod-binding-required", "the token is not bound to a pod");
         }
@@ -243,42 +230,41 @@ impl Plugin for K8sSaTrust {
                 format!("ServiceAccount `{namespace}/{service_account}` is not allowed"),
             );
         }
+        let role = request.role();
         let Some(rule) = sa_rules
             .into_iter()
-            .find(|r| r.roles.contains(&request.role))
+            .find(|r| r.roles.iter().any(|x| x == role))
         else {
             return deny(
                 DenyCode::Forbidden,
                 "role-not-allowed",
-                format!(
-                    "`{namespace}/{service_account}` may not connect as {}",
-                    request.role
-                ),
+                format!("`{namespace}/{service_account}` may not connect as {role}"),
             );
         };
         let mut attributes = vec![
             ("namespace".to_string(), namespace.to_string()),
             ("service-account".to_string(), service_account.to_string()),
-            ("service-account-uid".to_string(), status.user.uid.clone()),
+            ("service-account-uid".to_string(), review.uid()),
         ];
         // The pod UID comes from the pod-uid extra, never from the ServiceAccount's UID.
-        for (attr, key) in [
-            ("pod-name", POD_NAME),
-            ("pod-uid", POD_UID),
-            ("node-name", NODE_NAME),
+        let node_name = review.extra_first(NODE_NAME);
+        for (attr, value) in [
+            ("pod-name", pod_name),
+            ("pod-uid", pod_uid),
+            ("node-name", node_name),
         ] {
-            if let Some(v) = extra(&status, key) {
-                attributes.push((attr.to_string(), v.to_string()));
+            if let Some(v) = value {
+                attributes.push((attr.to_string(), v));
             }
         }
-        Decision::Allow(Identity {
+        Decision::allow(Established {
             subject: username.clone(),
             method: METHOD.into(),
-            groups: status.user.groups.clone(),
+            groups: review.groups(),
             attributes,
             roles: rule.roles.clone(),
             scopes: Vec::new(),
-            expires_at_ms: status.expires_at_ms,
+            expires_at_ms: review.expires_at_ms(),
             skip_pairing: rule.skip_pairing,
         })
     }

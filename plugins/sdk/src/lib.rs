@@ -1,8 +1,9 @@
 //! # Writing trustgate plugins in Rust
 //!
 //! A trustgate auth plugin is a WebAssembly component implementing the `auth-plugin` world of
-//! `wit/auth.wit`. This crate binds that world for you and adds the few helpers most policies
-//! need: typed configuration, glob and CIDR matching, decision constructors and logging.
+//! `wit/auth.wit` (`trustgate:auth@0.2.0`). This crate binds that world for you, hides its
+//! handles behind plain methods, and adds the few helpers most policies need: typed
+//! configuration, glob and CIDR matching, decision constructors and logging.
 //!
 //! A complete policy plugin that only lets workers in during office hours:
 //!
@@ -31,10 +32,12 @@
 //!     }
 //!
 //!     fn authenticate(&self, _request: &Request, so_far: Option<&Identity>) -> Decision {
-//!         let Some(identity) = so_far else { return Decision::Abstain };
+//!         if so_far.is_none() {
+//!             return Decision::Abstain; // nobody to let through yet
+//!         }
 //!         let hour = now_ms() / 3_600_000 % 24;
 //!         if (self.0.from_hour..=self.0.to_hour).contains(&hour) {
-//!             Decision::Allow(identity.clone())
+//!             Decision::permit()
 //!         } else {
 //!             deny_forbidden("outside-hours", format!("hour {hour} is outside the window"))
 //!         }
@@ -46,11 +49,24 @@
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2` (crate type `cdylib`); the
 //! resulting `.wasm` is a component the gateway loads with `path = "..."` in its config.
-//! `trustgate plugin check FILE --config TABLE.toml` tries it with a configuration.
+//! `trustgate plugin test FILE --cases CASES.toml` runs it against a table of requests.
 //!
 //! The configuration is the plugin's TOML table from the gateway config, delivered as JSON and
 //! deserialised into `Plugin::Config`; errors name the offending key (`rules[2].cidr: ...`)
-//! and are shown to the operator verbatim.
+//! and are shown to the operator.
+//!
+//! ## Contract versions
+//!
+//! By default the SDK targets `trustgate:auth@0.2.0`. The feature `contract-0-1` builds the
+//! same plugin source against the deprecated `0.1.0` instead (for gateways that predate
+//! 0.2); under 0.1 every plugin sees the raw credentials, so [`Credentials::token`] always
+//! succeeds there.
+//!
+//! ## Verifying tokens without holding them
+//!
+//! [`Credentials::review`] and [`Credentials::verify_jwt`] ask the gateway to verify the
+//! peer's bearer token; the token itself never enters the plugin. Reading it
+//! ([`Credentials::token`]) needs the operator's grant, `credentials = "read"`.
 
 extern crate self as trustgate_plugin_sdk;
 
@@ -61,25 +77,16 @@ use serde::de::DeserializeOwned;
 #[doc(hidden)]
 pub use wit_bindgen;
 
-/// The generated bindings of the `auth-plugin` world.
-#[allow(missing_docs, unsafe_code, clippy::all)] // generated code
-pub mod bindings {
-    wit_bindgen::generate!({
-        path: "../../wit",
-        world: "auth-plugin",
-        pub_export_macro: true,
-        export_macro_name: "__export_bindings",
-        default_bindings_module: "trustgate_plugin_sdk::bindings",
-        runtime_path: "trustgate_plugin_sdk::wit_bindgen::rt",
-    });
-}
+#[cfg(not(feature = "contract-0-1"))]
+#[path = "contract_v0_2.rs"]
+mod contract;
+#[cfg(feature = "contract-0-1")]
+#[path = "contract_v0_1.rs"]
+mod contract;
 
-pub use bindings::trustgate::auth::host::{
-    LogLevel, ReviewError, TokenReviewStatus, UserInfo, token_review, verify_jwt,
-};
-pub use bindings::trustgate::auth::types::{
-    Credentials, Decision, Denial, DenyCode, Device, Identity, Peer, Request,
-};
+#[doc(hidden)]
+pub use contract::{__RawDecision, __RawIdentity, __RawRequest, __authenticate};
+pub use contract::{Credentials, Identity, Request, Review, bindings};
 
 /// What a plugin implements. The [`plugin!`] macro turns an implementation into the
 /// component's exports.
@@ -87,8 +94,8 @@ pub trait Plugin: Sized + 'static {
     /// The plugin's configuration, deserialised from its TOML table.
     type Config: DeserializeOwned;
 
-    /// Builds the plugin from its configuration. An `Err` is shown to the operator verbatim
-    /// and the gateway refuses to start (or to reload) with this configuration.
+    /// Builds the plugin from its configuration. An `Err` is shown to the operator and the
+    /// gateway refuses to start (or to reload) with this configuration.
     fn new(config: Self::Config) -> Result<Self, String>;
 
     /// Decides on one request. `so_far` is the identity earlier plugins established.
@@ -118,15 +125,11 @@ macro_rules! plugin {
             }
 
             fn authenticate(
-                request: $crate::Request,
-                so_far: ::std::option::Option<$crate::Identity>,
-            ) -> $crate::Decision {
-                __TRUSTGATE_PLUGIN.with(|slot| match &*slot.borrow() {
-                    ::std::option::Option::Some(plugin) => {
-                        <$ty as $crate::Plugin>::authenticate(plugin, &request, so_far.as_ref())
-                    }
-                    ::std::option::Option::None => $crate::__not_configured(),
-                })
+                request: $crate::__RawRequest<'_>,
+                so_far: ::std::option::Option<$crate::__RawIdentity<'_>>,
+            ) -> $crate::__RawDecision {
+                __TRUSTGATE_PLUGIN
+                    .with(|slot| $crate::__authenticate(slot.borrow().as_ref(), request, so_far))
             }
         }
 
@@ -141,12 +144,11 @@ pub fn __configure<P: Plugin>(json: &str) -> Result<P, String> {
 
 #[doc(hidden)]
 pub fn __not_configured() -> Decision {
-    Decision::Deny(Denial {
-        code: DenyCode::Unavailable,
-        reason: "plugin-not-configured".into(),
-        message: "authenticate was called before configure".into(),
-        retry_after_ms: None,
-    })
+    deny(
+        DenyCode::Unavailable,
+        "plugin-not-configured",
+        "authenticate was called before configure",
+    )
 }
 
 /// Deserialises a configuration, naming the offending key in errors
@@ -168,6 +170,178 @@ pub fn parse_config<T: DeserializeOwned>(json: &str) -> Result<T, String> {
             format!("{path}: {msg}")
         }
     })
+}
+
+// === What a plugin decides ===
+
+/// A plugin's verdict on one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The peer is this identity (the first allow), or the same subject again (narrowing).
+    Allow(Established),
+    /// No objection: the identity so far, narrowed as said (counts as abstain if there is none).
+    Permit(Narrowing),
+    /// The peer is refused; the chain stops here.
+    Deny(Denial),
+    /// No opinion; the chain continues.
+    Abstain,
+}
+
+impl Decision {
+    /// Lets the peer through with the identity so far, unchanged.
+    pub fn permit() -> Self {
+        Decision::Permit(Narrowing::default())
+    }
+
+    /// Lets the peer through with the identity so far, narrowed.
+    pub fn permit_narrowed(narrowing: Narrowing) -> Self {
+        Decision::Permit(narrowing)
+    }
+
+    /// Establishes an identity.
+    pub fn allow(identity: Established) -> Self {
+        Decision::Allow(identity)
+    }
+}
+
+/// An identity a plugin establishes. The gateway enforces the contract's limits: subject
+/// 1..=256 bytes, ≤ 64 groups, ≤ 32 attributes, ≤ 8 roles, ≤ 32 scopes (see `wit/auth.wit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Established {
+    /// Stable subject, e.g. `system:serviceaccount:ns:sa`.
+    pub subject: String,
+    /// The auth method that established it (e.g. `k8s-sa-trust`).
+    pub method: String,
+    /// Groups the subject belongs to.
+    pub groups: Vec<String>,
+    /// Facts about the subject (e.g. `namespace`, `pod-name`, `pod-uid`, `node-name`).
+    pub attributes: Vec<(String, String)>,
+    /// Roles the subject may take; the requested role must be one of them.
+    pub roles: Vec<String>,
+    /// Scopes the subject may hold; an empty list grants none.
+    pub scopes: Vec<String>,
+    /// When the credentials behind this identity expire (Unix ms), if they do.
+    pub expires_at_ms: Option<u64>,
+    /// Whether this identity may skip interactive device pairing.
+    pub skip_pairing: bool,
+}
+
+impl Established {
+    /// A new identity with no groups, attributes, roles or scopes, that may not skip pairing.
+    pub fn new(subject: impl Into<String>, method: impl Into<String>) -> Self {
+        Self {
+            subject: subject.into(),
+            method: method.into(),
+            groups: Vec::new(),
+            attributes: Vec::new(),
+            roles: Vec::new(),
+            scopes: Vec::new(),
+            expires_at_ms: None,
+            skip_pairing: false,
+        }
+    }
+}
+
+/// How a policy that lets the peer through narrows the identity so far. The default keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Narrowing {
+    /// Keep only these of the roles granted so far (`None`: keep all).
+    pub roles: Option<Vec<String>>,
+    /// Keep only these of the scopes granted so far (`None`: keep all).
+    pub scopes: Option<Vec<String>>,
+    /// Attributes to add (an attribute already established keeps its value).
+    pub attributes: Vec<(String, String)>,
+    /// An expiry; only an earlier one than the current takes effect.
+    pub expires_at_ms: Option<u64>,
+    /// Forbid skipping device pairing.
+    pub veto_skip_pairing: bool,
+}
+
+/// What the client sees as the error code of a denial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyCode {
+    /// Credentials missing, malformed, expired or rejected. Not retryable.
+    Unauthenticated,
+    /// Known but not allowed. Not retryable.
+    Forbidden,
+    /// A dependency is down; the client should retry.
+    Unavailable,
+    /// Throttled; the client should retry.
+    RateLimited,
+}
+
+/// A refusal. `reason` (1..=64 bytes of `[a-z0-9._-]`) is what the client sees as
+/// `details.reason`; `message` (≤ 1024 bytes) goes to the gateway's log only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The error code.
+    pub code: DenyCode,
+    /// A stable reason, e.g. `audience-mismatch`.
+    pub reason: String,
+    /// An explanation for the log (never a secret).
+    pub message: String,
+    /// For `Unavailable` and `RateLimited`: how long the client should wait, if known.
+    pub retry_after_ms: Option<u32>,
+}
+
+/// The client software, as the peer reports it (not verified).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// `client.id`.
+    pub id: String,
+    /// `client.version`.
+    pub version: String,
+    /// `client.platform`, if given.
+    pub platform: Option<String>,
+    /// `client.instanceId`, if given.
+    pub instance_id: Option<String>,
+}
+
+/// A device whose signature over the connection's challenge the gateway verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// Lowercase hex SHA-256 of the raw Ed25519 public key.
+    pub id: String,
+    /// The public key, base64url without padding.
+    pub public_key: String,
+}
+
+/// Why a credential accessor gave no value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretError {
+    /// The operator did not grant this plugin `credentials = "read"`.
+    NotGranted,
+    /// The peer presented no such credential.
+    Absent,
+}
+
+/// Why the gateway could not complete a verification. None of these says anything about the
+/// token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReviewError {
+    /// The gateway has no Kubernetes client configured.
+    NotConfigured(String),
+    /// The API server could not be reached, timed out, or answered 5xx/429.
+    Unavailable(String),
+    /// The API server refused the gateway's own credentials.
+    Forbidden(String),
+    /// Anything else.
+    Failed(String),
+}
+
+/// Severity of a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Very detailed tracing.
+    Trace,
+    /// Debugging detail.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something unexpected but handled.
+    Warn,
+    /// Something failed.
+    Error,
 }
 
 /// A denial with code `unauthenticated` (bad or missing credentials; not retryable).
@@ -195,39 +369,14 @@ pub fn deny(code: DenyCode, reason: &str, message: impl Into<String>) -> Decisio
     })
 }
 
-impl Identity {
-    /// A new identity with no groups, attributes, roles or scopes, that may not skip pairing.
-    pub fn new(subject: impl Into<String>, method: impl Into<String>) -> Self {
-        Self {
-            subject: subject.into(),
-            method: method.into(),
-            groups: Vec::new(),
-            attributes: Vec::new(),
-            roles: Vec::new(),
-            scopes: Vec::new(),
-            expires_at_ms: None,
-            skip_pairing: false,
-        }
-    }
+// === Helpers ===
 
-    /// The value of an attribute, if set.
-    pub fn attribute(&self, key: &str) -> Option<&str> {
-        self.attributes
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-impl Peer {
-    /// The peer's IP address, parsed from `remote-addr`.
-    pub fn ip(&self) -> Option<IpAddr> {
-        self.remote_addr
-            .parse::<std::net::SocketAddr>()
-            .map(|a| a.ip())
-            .ok()
-            .or_else(|| self.remote_addr.parse().ok())
-    }
+/// An IP address from `ip:port`, `[ip]:port` or a bare address.
+pub fn parse_ip(addr: &str) -> Option<IpAddr> {
+    addr.parse::<std::net::SocketAddr>()
+        .map(|a| a.ip())
+        .ok()
+        .or_else(|| addr.parse().ok())
 }
 
 /// Shell-style matching: `*` matches any run of characters (including none), `?` exactly one.
@@ -240,12 +389,12 @@ pub use ipnet::IpNet as Cidr;
 
 /// The gateway's wall-clock time in Unix milliseconds.
 pub fn now_ms() -> u64 {
-    bindings::trustgate::auth::host::now_ms()
+    contract::now_ms()
 }
 
 /// Writes a line to the gateway's log, tagged with this plugin's name. Never log a token.
 pub fn log(level: LogLevel, message: &str) {
-    bindings::trustgate::auth::host::log(level, message);
+    contract::log(level, message);
 }
 
 #[cfg(test)]
@@ -286,19 +435,10 @@ mod tests {
     }
 
     #[test]
-    fn peer_ip_parses_v4_and_v6() {
-        let mut p = Peer {
-            remote_addr: "10.1.2.3:555".into(),
-            tls: false,
-            client_id: String::new(),
-            client_version: String::new(),
-            platform: None,
-            conn_id: String::new(),
-        };
-        assert_eq!(p.ip(), Some("10.1.2.3".parse().unwrap()));
-        p.remote_addr = "[fd00::1]:80".into();
-        assert_eq!(p.ip(), Some("fd00::1".parse().unwrap()));
+    fn ips_parse_v4_and_v6() {
+        assert_eq!(parse_ip("10.1.2.3:555"), Some("10.1.2.3".parse().unwrap()));
+        assert_eq!(parse_ip("[fd00::1]:80"), Some("fd00::1".parse().unwrap()));
         let net: Cidr = "fd00::/8".parse().unwrap();
-        assert!(net.contains(&p.ip().unwrap()));
+        assert!(net.contains(&parse_ip("[fd00::1]:80").unwrap()));
     }
 }

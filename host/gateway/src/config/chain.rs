@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Deserialize;
-use trustgate_runtime::{Chain, LoadError, PluginSource, PluginSpec, Runtime, WasmPlugin};
+use trustgate_runtime::{Chain, Grants, LoadError, PluginSource, PluginSpec, Runtime, WasmPlugin};
 
 use super::{Config, ConfigError};
 
@@ -24,6 +24,21 @@ pub struct PluginEntry {
     /// The plugin's own configuration, handed to its `configure`.
     #[serde(default)]
     pub config: Option<toml::Table>,
+    /// `"read"` lets the plugin read the raw bearer token and device token; by default
+    /// (`"none"`) it can only hand the credentials to the gateway's verifications.
+    #[serde(default)]
+    pub credentials: CredentialsGrant,
+}
+
+/// What a plugin may do with the presented credentials.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialsGrant {
+    /// Hand them to `token-review` / `verify-jwt` only; never read them.
+    #[default]
+    None,
+    /// Read the raw token and device token.
+    Read,
 }
 
 impl Config {
@@ -152,6 +167,9 @@ impl Config {
                 };
                 Ok(PluginSpec {
                     name: self.plugin_name(entry),
+                    grants: Grants {
+                        read_credentials: entry.credentials == CredentialsGrant::Read,
+                    },
                     source,
                     config: entry
                         .config

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use trustgate_runtime::RuntimeSettings;
 
-pub use chain::{PluginEntry, toml_to_json};
+pub use chain::{CredentialsGrant, PluginEntry, toml_to_json};
 pub use error::ConfigError;
 
 use crate::{

@@ -1,7 +1,9 @@
 //! Test guest that misbehaves on purpose, bound directly with wit-bindgen (no SDK). Its
-//! configuration is `{"mode": M}` with M one of `loop`, `grow`, `trap`, `recurse`, `panic` or
-//! `ok`, optionally prefixed with `configure:` to misbehave during `configure` instead of
-//! `authenticate`.
+//! configuration is `{"mode": M}` with M one of `loop`, `grow`, `trap`, `recurse`, `panic`,
+//! `sleep` (block in a WASI clock for a minute), `hold` (keep 60 MiB allocated for the
+//! instance's life, then decide after a short sleep so calls overlap), `handles` (ask for
+//! credential handles without end) or `ok`, optionally prefixed with `configure:` to misbehave
+//! during `configure` instead of `authenticate`.
 
 #![allow(unsafe_code)] // wit-bindgen's generated glue
 
@@ -9,10 +11,11 @@ wit_bindgen::generate!({ path: "../../../wit", world: "auth-plugin" });
 
 use exports::trustgate::auth::plugin::Guest;
 use std::cell::RefCell;
-use trustgate::auth::types::{Decision, Identity, Request};
+use trustgate::auth::types::{Decision, Established, Identity, Request};
 
 thread_local! {
     static MODE: RefCell<String> = const { RefCell::new(String::new()) };
+    static HOARD: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 fn misbehave(mode: &str) {
@@ -35,6 +38,17 @@ fn misbehave(mode: &str) {
             std::hint::black_box(recurse(std::hint::black_box(1)));
         }
         "panic" => panic!("hostile guest panics on purpose"),
+        "sleep" => std::thread::sleep(std::time::Duration::from_secs(60)),
+        "hold" => {
+            HOARD.with(|h| {
+                let mut h = h.borrow_mut();
+                if h.is_empty() {
+                    *h = vec![7u8; 60 << 20];
+                }
+                std::hint::black_box(&*h);
+            });
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
         _ => {}
     }
 }
@@ -73,9 +87,17 @@ impl Guest for Hostile {
         Ok(())
     }
 
-    fn authenticate(_request: Request, _so_far: Option<Identity>) -> Decision {
-        MODE.with(|s| misbehave(&s.borrow()));
-        Decision::Allow(Identity {
+    fn authenticate(request: &Request, _so_far: Option<&Identity>) -> Decision {
+        MODE.with(|s| {
+            if s.borrow().as_str() == "handles" {
+                let mut kept = Vec::new();
+                loop {
+                    kept.push(request.credentials());
+                }
+            }
+            misbehave(&s.borrow())
+        });
+        Decision::Allow(Established {
             subject: "hostile:ok".into(),
             method: "test".into(),
             groups: vec![],
@@ -83,7 +105,7 @@ impl Guest for Hostile {
             roles: vec!["worker".into()],
             scopes: vec![],
             expires_at_ms: None,
-            skip_pairing: false,
+            skip_pairing: true,
         })
     }
 }

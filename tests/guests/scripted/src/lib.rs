@@ -1,14 +1,19 @@
-//! Test guest whose decision is scripted by its configuration; built with the plugin SDK.
+//! Test guest whose decision is scripted by its configuration; built with the plugin SDK
+//! (contract 0.2).
 
 use serde::Deserialize;
 use trustgate_plugin_sdk::{
-    Decision, Denial, DenyCode, Identity, LogLevel, Plugin, Request, ReviewError, log, token_review,
+    Decision, Denial, DenyCode, Established, Identity, LogLevel, Narrowing, Plugin, Request,
+    ReviewError, SecretError, log,
 };
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {
-    /// `allow`, `deny`, `abstain`, `review` (ask the host for a TokenReview) or `echo-so-far`.
+    /// `allow`, `deny`, `abstain`, `review` (ask the host for a TokenReview), `echo-so-far`
+    /// (allow the identity so far again with this config's roles, scopes, groups),
+    /// `permit` (a narrowing permit), `probe` (report what every accessor and host call gives
+    /// as attributes of an allow) or `oversize` (return something over a contract limit).
     decision: String,
     #[serde(default = "default_subject")]
     subject: String,
@@ -27,13 +32,14 @@ struct Config {
     reject: Option<String>,
     /// Only decide for this auth method; abstain for others.
     method: Option<String>,
-    /// Only allow when the presented token equals this; deny `unauthenticated` otherwise.
+    /// Only allow when the presented token equals this (needs the credentials grant); deny
+    /// `unauthenticated` otherwise.
     token: Option<String>,
     /// Identity expiry relative to now (overrides `expires_at_ms`).
     expires_in_ms: Option<u64>,
     /// Code of the denial when `token` does not match (`unauthenticated` by default).
     mismatch_code: Option<String>,
-    /// Use `token:<presented token>` as the subject.
+    /// Use `token:<presented token>` as the subject (needs the credentials grant).
     #[serde(default)]
     subject_from_token: bool,
     /// The code of a `deny` decision.
@@ -41,6 +47,16 @@ struct Config {
     code: String,
     /// For `deny`: a retry hint.
     retry_after_ms: Option<u32>,
+    /// For `permit`: roles to keep.
+    keep_roles: Option<Vec<String>>,
+    /// For `permit`: veto skipping pairing.
+    #[serde(default)]
+    veto_skip_pairing: bool,
+    /// For `oversize`: which limit to exceed (`subject`, `groups`, `reason`, `message`,
+    /// `attributes`, `log`), and by how much (items or bytes beyond the limit).
+    oversize: Option<String>,
+    #[serde(default)]
+    size: usize,
 }
 
 fn default_code() -> String {
@@ -56,6 +72,55 @@ fn default_reason() -> String {
 
 struct Scripted(Config);
 
+/// What `probe` reports for a secret accessor.
+fn probe_secret(r: Result<String, SecretError>) -> String {
+    match r {
+        Ok(v) => format!("value:{v}"),
+        Err(SecretError::NotGranted) => "not-granted".into(),
+        Err(SecretError::Absent) => "absent".into(),
+    }
+}
+
+impl Scripted {
+    fn presented_token(&self, request: &Request) -> Option<String> {
+        request.credentials().token().ok()
+    }
+
+    fn oversize(&self) -> Decision {
+        let n = self.0.size;
+        let big = |len: usize| "x".repeat(len);
+        let mut id = Established::new("test:subject", "test");
+        id.roles = vec!["worker".into()];
+        match self.0.oversize.as_deref() {
+            Some("subject") => id.subject = big(n),
+            Some("method") => id.method = big(n),
+            Some("groups") => id.groups = (0..n).map(|i| format!("g{i}")).collect(),
+            Some("group") => id.groups = vec![big(n)],
+            Some("attributes") => {
+                id.attributes = (0..n).map(|i| (format!("k{i}"), "v".into())).collect()
+            }
+            Some("attribute-value") => id.attributes = vec![("k".into(), big(n))],
+            Some("reason") => {
+                return trustgate_plugin_sdk::deny(DenyCode::Forbidden, &big(n), "m");
+            }
+            Some("message") => {
+                return trustgate_plugin_sdk::deny(DenyCode::Forbidden, "r", big(n));
+            }
+            Some("log") => {
+                let line = big(1000);
+                for _ in 0..n {
+                    log(LogLevel::Info, &line);
+                    println!("{line}");
+                    eprintln!("{line}");
+                }
+            }
+            Some("forged-log") => log(LogLevel::Warn, "innocent\nERROR forged line\u{1b}[31m"),
+            _ => {}
+        }
+        Decision::allow(id)
+    }
+}
+
 impl Plugin for Scripted {
     type Config = Config;
 
@@ -63,8 +128,17 @@ impl Plugin for Scripted {
         if let Some(msg) = config.reject {
             return Err(msg);
         }
-        if !["allow", "deny", "abstain", "review", "echo-so-far"]
-            .contains(&config.decision.as_str())
+        if ![
+            "allow",
+            "deny",
+            "abstain",
+            "review",
+            "echo-so-far",
+            "permit",
+            "probe",
+            "oversize",
+        ]
+        .contains(&config.decision.as_str())
         {
             return Err(format!("decision: unknown `{}`", config.decision));
         }
@@ -75,15 +149,15 @@ impl Plugin for Scripted {
         let c = &self.0;
         log(
             LogLevel::Debug,
-            &format!("scripted plugin deciding for {}", request.peer.conn_id),
+            &format!("scripted plugin deciding for {}", request.conn_id()),
         );
         if let Some(m) = &c.method
-            && *m != request.credentials.method
+            && m != request.method()
         {
             return Decision::Abstain;
         }
         if let Some(t) = &c.token
-            && request.credentials.token.as_ref() != Some(t)
+            && self.presented_token(request).as_ref() != Some(t)
         {
             let code = match c.mismatch_code.as_deref() {
                 Some("unavailable") => DenyCode::Unavailable,
@@ -96,18 +170,18 @@ impl Plugin for Scripted {
             None => c.expires_at_ms,
         };
         match c.decision.as_str() {
-            "allow" => Decision::Allow(Identity {
+            "allow" => Decision::allow(Established {
                 subject: if c.subject_from_token {
                     format!(
                         "token:{}",
-                        request.credentials.token.clone().unwrap_or_default()
+                        self.presented_token(request).unwrap_or_default()
                     )
                 } else {
                     c.subject.clone()
                 },
-                method: request.credentials.method.clone(),
+                method: request.method().to_string(),
                 groups: c.groups.clone(),
-                attributes: vec![("client-id".into(), request.peer.client_id.clone())],
+                attributes: vec![("client-id".into(), request.client().id)],
                 roles: c.roles.clone(),
                 scopes: c.scopes.clone(),
                 expires_at_ms,
@@ -124,29 +198,64 @@ impl Plugin for Scripted {
                 message: "scripted denial".into(),
                 retry_after_ms: c.retry_after_ms,
             }),
-            "review" => {
-                let token = request.credentials.token.clone().unwrap_or_default();
-                match token_review(&token, &["trustgate".to_string()]) {
-                    Ok(_) => Decision::Abstain,
-                    Err(ReviewError::NotConfigured(m)) => {
-                        trustgate_plugin_sdk::deny_unavailable("not-configured", m)
-                    }
-                    Err(e) => {
-                        trustgate_plugin_sdk::deny_unavailable("review-failed", format!("{e:?}"))
-                    }
+            "review" => match request.credentials().review(&["trustgate".to_string()]) {
+                Ok(_) => Decision::Abstain,
+                Err(ReviewError::NotConfigured(m)) => {
+                    trustgate_plugin_sdk::deny_unavailable("not-configured", m)
                 }
-            }
+                Err(e) => trustgate_plugin_sdk::deny_unavailable("review-failed", format!("{e:?}")),
+            },
             "echo-so-far" => match so_far {
-                Some(id) => {
-                    let mut id = id.clone();
-                    id.roles = c.roles.clone();
-                    id.scopes = c.scopes.clone();
-                    id.skip_pairing = c.skip_pairing;
-                    id.groups.extend(c.groups.iter().cloned());
-                    Decision::Allow(id)
-                }
+                Some(id) => Decision::allow(Established {
+                    subject: id.subject().to_string(),
+                    method: id.method(),
+                    groups: id.groups().into_iter().chain(c.groups.clone()).collect(),
+                    attributes: id.attributes(),
+                    roles: c.roles.clone(),
+                    scopes: c.scopes.clone(),
+                    expires_at_ms: id.expires_at_ms(),
+                    skip_pairing: c.skip_pairing,
+                }),
                 None => Decision::Abstain,
             },
+            "permit" => Decision::permit_narrowed(Narrowing {
+                roles: c.keep_roles.clone(),
+                scopes: None,
+                attributes: vec![("permitted-by".into(), "scripted".into())],
+                expires_at_ms,
+                veto_skip_pairing: c.veto_skip_pairing,
+            }),
+            "probe" => {
+                let creds = request.credentials();
+                let review = match creds.review(&["trustgate".to_string()]) {
+                    Ok(r) => format!("ok:{}", r.username()),
+                    Err(e) => format!("err:{e:?}"),
+                };
+                let jwt = match creds.verify_jwt(&["trustgate".to_string()]) {
+                    Ok(r) => format!("ok:{}", r.username()),
+                    Err(e) => format!("err:{e:?}"),
+                };
+                let client = request.client();
+                let mut id = Established::new("probe:subject", "probe");
+                id.roles = vec!["worker".into(), "operator".into()];
+                id.attributes = vec![
+                    ("token".into(), probe_secret(creds.token())),
+                    ("device-token".into(), probe_secret(creds.device_token())),
+                    ("has-token".into(), creds.has_token().to_string()),
+                    (
+                        "has-device-token".into(),
+                        creds.has_device_token().to_string(),
+                    ),
+                    ("method".into(), creds.method()),
+                    ("review".into(), review),
+                    ("verify-jwt".into(), jwt),
+                    ("client".into(), format!("{}/{}", client.id, client.version)),
+                    ("role".into(), request.role().to_string()),
+                    ("remote".into(), request.remote_addr().to_string()),
+                ];
+                Decision::allow(id)
+            }
+            "oversize" => self.oversize(),
             _ => Decision::Abstain,
         }
     }

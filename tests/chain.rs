@@ -209,3 +209,62 @@ async fn a_later_allow_cannot_change_the_subject() {
         other => panic!("expected failure, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_permit_narrows_the_identity_and_never_widens_it() {
+    let rt = runtime(limits(1_000));
+    let bytes = std::fs::read(guests::GUEST_SCRIPTED).unwrap();
+    let compiled = rt.compile("scripted", &bytes).unwrap();
+    let load = |name: &'static str, config: serde_json::Value| {
+        let (rt, compiled) = (&rt, &compiled);
+        async move {
+            Arc::new(
+                rt.instantiate(name, compiled, &config, Grants::default())
+                    .await
+                    .unwrap(),
+            ) as Arc<dyn AuthProvider>
+        }
+    };
+    let authn = load(
+        "authn",
+        json!({"decision": "allow", "roles": ["worker", "operator"], "skip_pairing": true,
+               "expires_at_ms": 9_000}),
+    )
+    .await;
+    let policy = load(
+        "policy",
+        // keeps only `worker` (and tries to keep `admin`, never granted), vetoes skip-pairing,
+        // adds an attribute, shortens the expiry
+        json!({"decision": "permit", "keep_roles": ["worker", "admin"], "veto_skip_pairing": true,
+               "expires_at_ms": 4_000}),
+    )
+    .await;
+    let verdict = Chain::new(vec![authn.clone(), policy])
+        .evaluate(&request("test", None), None, CachePolicy::Use)
+        .await;
+    let Outcome::Allowed(id) = verdict.outcome else {
+        panic!("expected allow: {:?}", verdict.outcome)
+    };
+    assert_eq!(id.roles, vec!["worker".to_string()]);
+    assert!(!id.skip_pairing);
+    assert_eq!(id.expires_at_ms, Some(4_000));
+    assert_eq!(id.attribute("permitted-by"), Some("scripted"));
+    assert_eq!(id.attribute("client-id"), Some("test-client"), "kept");
+    let kinds: Vec<StepKind> = verdict.steps.iter().map(|s| s.kind).collect();
+    assert_eq!(kinds, vec![StepKind::Allow, StepKind::Permit]);
+
+    // A later expiry than the current one does not extend it.
+    let lenient = load(
+        "lenient",
+        json!({"decision": "permit", "expires_at_ms": 99_000}),
+    )
+    .await;
+    let verdict = Chain::new(vec![authn, lenient])
+        .evaluate(&request("test", None), None, CachePolicy::Use)
+        .await;
+    let Outcome::Allowed(id) = verdict.outcome else {
+        panic!("expected allow")
+    };
+    assert_eq!(id.expires_at_ms, Some(9_000));
+    assert!(id.skip_pairing, "no veto, nothing narrowed");
+}

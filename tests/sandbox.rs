@@ -90,6 +90,8 @@ async fn trap_panic_and_stack_overflow_fail_closed() {
         ("trap", "unreachable"),
         ("panic", "unreachable"),
         ("recurse", "call stack exhausted"),
+        // asking for handles without end: refused past the per-call bound
+        ("handles", "more than 64 handles"),
     ] {
         let p = hostile(&rt, mode).await;
         let err = p

@@ -274,6 +274,29 @@ pub fn builtin(name: &str) -> PluginSource {
     )
 }
 
+/// The same chain, the same plugin sources, built against contract 0.1.0.
+pub async fn wasm_chain_v0_1(kube: Arc<Kubernetes>, mode: &str) -> (Chain, Runtime) {
+    let rt = Runtime::new(
+        RuntimeSettings::default(),
+        Arc::new(trustgate_gateway::KubeServices(kube)),
+    )
+    .expect("runtime");
+    let specs = [
+        crate::spec(
+            "k8s-sa-trust",
+            crate::guests::TRUSTGATE_K8S_SA_TRUST_V0_1,
+            k8s_config(mode),
+        ),
+        crate::spec(
+            "allowlist",
+            crate::guests::TRUSTGATE_ALLOWLIST_V0_1,
+            allowlist_config(),
+        ),
+    ];
+    let (chain, _) = rt.load_chain(&specs).await.expect("chain");
+    (chain, rt)
+}
+
 /// The native chain.
 pub fn native_chain(kube: Arc<Kubernetes>) -> Chain {
     Chain::new(vec![

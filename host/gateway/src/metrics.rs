@@ -244,6 +244,32 @@ impl Collector for StateCollector {
                 let l = labels(&[("role", &role), ("method", &method)]);
                 ConstGauge::new(n).encode(family.encode_family(&l)?)?;
             }
+            let plugins = state.plugins();
+            let c = ConstCounter::new(0u64);
+            let mut family = encoder.encode_descriptor(
+                "plugin_log_dropped_bytes",
+                "Plugin log output dropped because a call exceeded its log budget, by plugin",
+                None,
+                c.metric_type(),
+            )?;
+            for p in &plugins {
+                let dropped = p
+                    .stats()
+                    .log_dropped_bytes
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                ConstCounter::new(dropped)
+                    .encode(family.encode_family(&labels(&[("plugin", p.name())]))?)?;
+            }
+            // Every plugin of a chain shares one runtime and so one memory budget.
+            let memory = plugins.first().map_or(0, |p| p.runtime_memory_bytes());
+            let g = ConstGauge::new(memory as i64);
+            let m = encoder.encode_descriptor(
+                "plugin_memory_bytes",
+                "Memory held by all plugin instances (charged against plugins.memory_budget_mib)",
+                None,
+                g.metric_type(),
+            )?;
+            g.encode(m)?;
             let pending = ConstGauge::new(state.pairing.pending().len() as i64);
             let m = encoder.encode_descriptor(
                 "pairing_pending",

@@ -325,6 +325,8 @@ pub struct Runtime {
     services: Arc<dyn HostServices>,
     ticker: Arc<engine::EpochTicker>,
     budget: Arc<MemoryBudget>,
+    /// Components compiled by this runtime, by SHA-256 of their bytes.
+    compiled: std::sync::Mutex<std::collections::HashMap<String, Component>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -379,6 +381,7 @@ impl Runtime {
             linker,
             limits: SandboxLimits::from(&settings),
             budget: Arc::new(MemoryBudget::new(settings.memory_budget_bytes())),
+            compiled: Default::default(),
             settings,
             cache,
             services,
@@ -440,12 +443,21 @@ impl Runtime {
             }
         }
         let sha256 = sha256_hex(bytes);
-        let cached = self
-            .cache
-            .as_ref()
-            .and_then(|c| c.load(&self.engine, &sha256));
+        // The same component twice in one chain (or one test) is compiled once.
+        let known = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&sha256)
+            .cloned();
+        let cached = known.map(|c| (c, CacheOutcome::Hit)).or_else(|| {
+            self.cache
+                .as_ref()
+                .and_then(|c| c.load(&self.engine, &sha256))
+                .map(|c| (c, CacheOutcome::Hit))
+        });
         let (component, cache) = match cached {
-            Some(c) => (c, CacheOutcome::Hit),
+            Some(hit) => hit,
             None => {
                 let started = Instant::now();
                 let component =
@@ -467,6 +479,10 @@ impl Runtime {
                 }
             }
         };
+        self.compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sha256.clone(), component.clone());
         Ok(Compiled {
             origin: origin.into(),
             sha256,

@@ -309,6 +309,9 @@ impl WasmPlugin {
     /// An idle instance, or a new one if the plugin is under its instance cap; at the cap,
     /// waits up to `instance_wait` for an instance to come back or be dropped.
     async fn slot(&self) -> Result<Slot, PluginFailure> {
+        if let Some(slot) = self.take() {
+            return Ok(slot);
+        }
         let deadline = tokio::time::Instant::now() + self.parts.instance_wait;
         loop {
             // Register for "an instance was parked" before looking, so none is missed.
@@ -340,7 +343,8 @@ impl WasmPlugin {
         let mut slot = self.slot().await?;
         let ticks = slot.store.data_mut().begin_call(call.cache);
         slot.store.set_epoch_deadline(ticks);
-        let limit = self.parts.limits.call_timeout;
+        // The call's wall-clock bound, counted from the start `begin_call` recorded.
+        let limit = tokio::time::Instant::from_std(slot.store.data().call_deadline());
         let outcome = match &slot.bindings {
             Bindings::V0_1(b) => {
                 let request = request_v0_1(&call.request);
@@ -350,7 +354,7 @@ impl WasmPlugin {
                     &request,
                     so_far.as_ref(),
                 );
-                tokio::time::timeout(limit, run)
+                tokio::time::timeout_at(limit, run)
                     .await
                     .map(|r| r.map(decision_v0_1))
             }
@@ -364,7 +368,7 @@ impl WasmPlugin {
                             Resource::new_borrow(request.rep()),
                             so_far.as_ref().map(|s| Resource::new_borrow(s.rep())),
                         );
-                        let out = tokio::time::timeout(limit, run).await;
+                        let out = tokio::time::timeout_at(limit, run).await;
                         let state = slot.store.data_mut();
                         let _ = state.table.delete(request);
                         if let Some(s) = so_far {
@@ -375,7 +379,9 @@ impl WasmPlugin {
                 }
             }
         };
-        slot.store.data_mut().release_handles();
+        let state = slot.store.data_mut();
+        state.release_handles();
+        self.parts.stats.observe(state.call_elapsed());
         match outcome {
             Ok(Ok(decision)) => match bounds::decision(&decision) {
                 Ok(()) => {
@@ -445,12 +451,10 @@ impl AuthProvider for WasmPlugin {
     async fn authenticate(&self, call: &Call) -> Result<Decision, PluginFailure> {
         let stats = &self.parts.stats;
         stats.calls.fetch_add(1, Ordering::Relaxed);
-        let started = std::time::Instant::now();
         let result = {
             let _busy = self.parts.ticker.busy();
             self.call(call).await
         };
-        stats.observe(started.elapsed());
         if let Ok(Decision::Deny(_)) = &result {
             stats.denials.fetch_add(1, Ordering::Relaxed);
         }

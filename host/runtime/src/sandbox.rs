@@ -14,16 +14,15 @@
 //!
 //! What plugins *are* given lives in `contract.rs`.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWrite;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bounds::{MAX_LOG_LINE, MAX_LOG_PER_CALL, clip, escape_text};
@@ -288,6 +287,16 @@ impl StoreState {
         self.tripped
     }
 
+    /// When the current call's wall-clock bound runs out.
+    pub(crate) fn call_deadline(&self) -> Instant {
+        self.clock.started + self.limits.call_timeout
+    }
+
+    /// Wall time since the current call started.
+    pub(crate) fn call_elapsed(&self) -> Duration {
+        self.clock.started.elapsed()
+    }
+
     pub(crate) fn plugin(&self) -> &str {
         &self.plugin
     }
@@ -306,13 +315,13 @@ impl StoreState {
         audiences: &[String],
     ) -> Result<Arc<dyn Review>, ReviewError> {
         // Leave the guest a deadline's worth of the call to finish after the host call.
+        let started = Instant::now();
         let left = self
             .limits
             .call_timeout
-            .saturating_sub(self.clock.started.elapsed())
+            .saturating_sub(started - self.clock.started)
             .saturating_sub(self.limits.deadline);
         let timeout = self.limits.host_call_timeout.min(left);
-        let started = Instant::now();
         let (services, cache) = (self.services.clone(), self.cache);
         let call = async {
             match kind {
@@ -320,7 +329,8 @@ impl StoreState {
                 ReviewKind::LocalJwt => services.verify_jwt(token, audiences).await,
             }
         };
-        let out = tokio::time::timeout(timeout, call).await;
+        let out =
+            tokio::time::timeout_at(tokio::time::Instant::from_std(started + timeout), call).await;
         self.clock.in_host += started.elapsed();
         out.unwrap_or_else(|_| {
             Err(ReviewError::Unavailable(format!(
@@ -422,7 +432,8 @@ impl ResourceLimiter for StoreState {
 }
 
 /// A guest's stdout or stderr: complete lines become log events tagged with the plugin,
-/// within the call's log budget.
+/// within the call's log budget. Written synchronously as the guest writes (no background
+/// task), so the budget of a call covers exactly what that call wrote.
 #[derive(Clone)]
 struct LogStream {
     plugin: Arc<str>,
@@ -438,6 +449,11 @@ impl IsTerminal for LogStream {
 
 impl StdoutStream for LogStream {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        // Only reached through `p2_stream`'s default, which is overridden below.
+        Box::new(tokio::io::sink())
+    }
+
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
         Box::new(LineWriter {
             target: self.clone(),
             pending: Vec::new(),
@@ -475,35 +491,33 @@ impl LineWriter {
     }
 }
 
-impl AsyncWrite for LineWriter {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+#[async_trait::async_trait]
+impl Pollable for LineWriter {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for LineWriter {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
         // Past the budget nothing more is buffered: the bytes are counted and dropped here.
         if self.target.budget.remaining.load(Ordering::Acquire) == 0 {
-            let dropped = buf.len() as u64;
             self.target
                 .budget
                 .stats
                 .log_dropped_bytes
-                .fetch_add(dropped, Ordering::Relaxed);
-            return Poll::Ready(Ok(buf.len()));
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            return Ok(());
         }
-        self.pending.extend_from_slice(buf);
+        self.pending.extend_from_slice(&bytes);
         self.flush_lines();
-        Poll::Ready(Ok(buf.len()))
+        Ok(())
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let rest = std::mem::take(&mut self.pending);
-        self.emit(&rest);
-        Poll::Ready(Ok(()))
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(MAX_LOG_LINE)
     }
 }
 

@@ -20,7 +20,7 @@
 //! ```
 
 use serde::Deserialize;
-use trustgate_plugin_sdk::{Cidr, Decision, Identity, Plugin, Request, deny_forbidden, glob};
+use trustgate_plugin_sdk::{Cidr, Decision, Glob, Identity, Plugin, Request, deny_forbidden};
 
 /// What a matching rule does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -63,9 +63,9 @@ pub struct Config {
 #[derive(Debug)]
 struct Rule {
     effect: Effect,
-    subject: Option<String>,
-    namespace: Option<String>,
-    group: Option<String>,
+    subject: Option<Glob>,
+    namespace: Option<Glob>,
+    group: Option<Glob>,
     cidr: Option<Cidr>,
     roles: Option<Vec<String>>,
 }
@@ -90,15 +90,17 @@ impl Rule {
             return true;
         }
         let Some(id) = identity else { return false };
-        self.subject.as_ref().is_none_or(|p| glob(p, id.subject()))
+        self.subject
+            .as_ref()
+            .is_none_or(|p| p.matches(id.subject()))
             && self
                 .namespace
                 .as_ref()
-                .is_none_or(|p| id.attribute("namespace").is_some_and(|ns| glob(p, &ns)))
+                .is_none_or(|p| id.attribute("namespace").is_some_and(|ns| p.matches(&ns)))
             && self
                 .group
                 .as_ref()
-                .is_none_or(|p| id.groups().iter().any(|g| glob(p, g)))
+                .is_none_or(|p| id.groups().iter().any(|g| p.matches(g)))
     }
 }
 
@@ -142,9 +144,9 @@ impl Plugin for Allowlist {
             }
             rules.push(Rule {
                 effect: r.effect,
-                subject: r.subject,
-                namespace: r.namespace,
-                group: r.group,
+                subject: r.subject.as_deref().map(Glob::new),
+                namespace: r.namespace.as_deref().map(Glob::new),
+                group: r.group.as_deref().map(Glob::new),
                 cidr,
                 roles: r.roles,
             });

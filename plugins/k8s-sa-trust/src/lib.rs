@@ -23,8 +23,8 @@
 
 use serde::Deserialize;
 use trustgate_plugin_sdk::{
-    Decision, Denial, DenyCode, Established, Identity, Plugin, Request, Review, ReviewError, deny,
-    deny_forbidden, deny_unauthenticated, glob,
+    Decision, Denial, DenyCode, Established, Glob, Identity, Plugin, Request, Review, ReviewError,
+    deny, deny_forbidden, deny_unauthenticated,
 };
 
 /// The auth method this plugin handles.
@@ -89,6 +89,16 @@ pub struct Config {
 #[derive(Debug)]
 pub struct K8sSaTrust {
     config: Config,
+    /// The allow rules with their globs compiled once, in order.
+    rules: Vec<CompiledRule>,
+}
+
+#[derive(Debug)]
+struct CompiledRule {
+    namespace: Glob,
+    service_account: Glob,
+    roles: Vec<String>,
+    skip_pairing: bool,
 }
 
 fn unavailable(reason: &str, message: String) -> Decision {
@@ -146,7 +156,17 @@ impl Plugin for K8sSaTrust {
                 ));
             }
         }
-        Ok(Self { config })
+        let rules = config
+            .allow
+            .iter()
+            .map(|r| CompiledRule {
+                namespace: Glob::new(&r.namespace),
+                service_account: Glob::new(&r.service_account),
+                roles: r.roles.clone(),
+                skip_pairing: r.skip_pairing,
+            })
+            .collect();
+        Ok(Self { config, rules })
     }
 
     fn authenticate(&self, request: &Request, _so_far: Option<&Identity>) -> Decision {
@@ -209,32 +229,24 @@ impl Plugin for K8sSaTrust {
         if c.require_pod_binding && (pod_name.is_none() || pod_uid.is_none()) {
             return deny_unauthenticated("pod-binding-required", "the token is not bound to a pod");
         }
-        let ns_rules: Vec<&Rule> = c
-            .allow
-            .iter()
-            .filter(|r| glob(&r.namespace, namespace))
-            .collect();
-        if ns_rules.is_empty() {
+        // The first rule matching namespace, ServiceAccount and role wins; the denial names the
+        // first condition no rule met.
+        let ns_rules = || self.rules.iter().filter(|r| r.namespace.matches(namespace));
+        if ns_rules().next().is_none() {
             return deny_forbidden(
                 "namespace-not-allowed",
                 format!("namespace `{namespace}` is not allowed"),
             );
         }
-        let sa_rules: Vec<&Rule> = ns_rules
-            .into_iter()
-            .filter(|r| glob(&r.service_account, service_account))
-            .collect();
-        if sa_rules.is_empty() {
+        let sa_rules = || ns_rules().filter(|r| r.service_account.matches(service_account));
+        if sa_rules().next().is_none() {
             return deny_forbidden(
                 "service-account-not-allowed",
                 format!("ServiceAccount `{namespace}/{service_account}` is not allowed"),
             );
         }
         let role = request.role();
-        let Some(rule) = sa_rules
-            .into_iter()
-            .find(|r| r.roles.iter().any(|x| x == role))
-        else {
+        let Some(rule) = sa_rules().find(|r| r.roles.iter().any(|x| x == role)) else {
             return deny(
                 DenyCode::Forbidden,
                 "role-not-allowed",

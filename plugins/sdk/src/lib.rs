@@ -380,8 +380,25 @@ pub fn parse_ip(addr: &str) -> Option<IpAddr> {
 }
 
 /// Shell-style matching: `*` matches any run of characters (including none), `?` exactly one.
+/// Compiles the pattern on every call; keep a [`Glob`] for patterns used repeatedly.
 pub fn glob(pattern: &str, text: &str) -> bool {
-    wildmatch::WildMatch::new(pattern).matches(text)
+    Glob::new(pattern).matches(text)
+}
+
+/// A shell-style pattern (`*`, `?`), compiled once (e.g. at `configure`) and matched often.
+#[derive(Debug, Clone)]
+pub struct Glob(wildmatch::WildMatch);
+
+impl Glob {
+    /// Compiles `pattern`.
+    pub fn new(pattern: &str) -> Self {
+        Self(wildmatch::WildMatch::new(pattern))
+    }
+
+    /// Whether `text` matches.
+    pub fn matches(&self, text: &str) -> bool {
+        self.0.matches(text)
+    }
 }
 
 /// An IP network such as `10.0.0.0/8` or `fd00::/8`.

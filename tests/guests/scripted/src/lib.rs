@@ -52,8 +52,10 @@ struct Config {
     /// For `permit`: veto skipping pairing.
     #[serde(default)]
     veto_skip_pairing: bool,
-    /// For `oversize`: which limit to exceed (`subject`, `groups`, `reason`, `message`,
-    /// `attributes`, `log`), and by how much (items or bytes beyond the limit).
+    /// For `oversize`: which limit to exceed (`subject`, `method`, `groups`, `group`,
+    /// `attributes`, `attribute-key`, `attribute-value`, `roles`, `role`, `scopes`, `scope`,
+    /// `reason`, `message`, `log`, `forged-log`) and `size`: the item count or byte length.
+    /// For `calls` (a micro-benchmark): `reason` names the accessor, `size` the count.
     oversize: Option<String>,
     #[serde(default)]
     size: usize,
@@ -91,6 +93,7 @@ impl Scripted {
         let big = |len: usize| "x".repeat(len);
         let mut id = Established::new("test:subject", "test");
         id.roles = vec!["worker".into()];
+        id.skip_pairing = true;
         match self.0.oversize.as_deref() {
             Some("subject") => id.subject = big(n),
             Some("method") => id.method = big(n),
@@ -100,6 +103,14 @@ impl Scripted {
                 id.attributes = (0..n).map(|i| (format!("k{i}"), "v".into())).collect()
             }
             Some("attribute-value") => id.attributes = vec![("k".into(), big(n))],
+            Some("attribute-key") => id.attributes = vec![(big(n), "v".into())],
+            Some("roles") => {
+                id.roles = (0..n).map(|i| format!("r{i}")).collect();
+                id.roles[0] = "worker".into();
+            }
+            Some("role") => id.roles = vec!["worker".into(), big(n)],
+            Some("scopes") => id.scopes = (0..n).map(|i| format!("s{i}")).collect(),
+            Some("scope") => id.scopes = vec![big(n)],
             Some("reason") => {
                 return trustgate_plugin_sdk::deny(DenyCode::Forbidden, &big(n), "m");
             }
@@ -137,6 +148,8 @@ impl Plugin for Scripted {
             "permit",
             "probe",
             "oversize",
+            "noop",
+            "calls",
         ]
         .contains(&config.decision.as_str())
         {
@@ -147,6 +160,67 @@ impl Plugin for Scripted {
 
     fn authenticate(&self, request: &Request, so_far: Option<&Identity>) -> Decision {
         let c = &self.0;
+        // `noop`: the cheapest possible decision, to measure the cost of a call itself.
+        if c.decision == "noop" {
+            return Decision::Abstain;
+        }
+        // `calls`: `size` calls of one accessor (`reason` names it), to measure host calls.
+        if c.decision == "calls" {
+            for _ in 0..c.size {
+                match c.reason.as_str() {
+                    "tls" => {
+                        std::hint::black_box(request.tls());
+                    }
+                    "conn-id" => {
+                        std::hint::black_box(request.conn_id());
+                    }
+                    "credentials" => {
+                        std::hint::black_box(request.credentials());
+                    }
+                    "review" => {
+                        let r = request.credentials().review(&["trustgate".to_string()]);
+                        std::hint::black_box(r.map(|r| r.authenticated()).ok());
+                    }
+                    "extra" => {
+                        let r = request
+                            .credentials()
+                            .review(&["trustgate".to_string()])
+                            .ok();
+                        if let Some(r) = r {
+                            for k in ["a/pod-name", "a/pod-uid", "a/node-name"] {
+                                std::hint::black_box(r.extra_first(k));
+                            }
+                        }
+                    }
+                    _ => {
+                        std::hint::black_box(request.scopes());
+                    }
+                }
+            }
+            if c.decision == "calls" && c.subject == "establish" {
+                let mut id =
+                    Established::new("system:serviceaccount:workers:runner", "k8s-sa-trust");
+                id.groups = vec![
+                    "system:serviceaccounts".into(),
+                    "system:serviceaccounts:workers".into(),
+                    "system:authenticated".into(),
+                ];
+                id.attributes = [
+                    "namespace",
+                    "service-account",
+                    "service-account-uid",
+                    "pod-name",
+                    "pod-uid",
+                    "node-name",
+                ]
+                .iter()
+                .map(|k| (k.to_string(), format!("value-of-{k}")))
+                .collect();
+                id.roles = vec!["worker".into()];
+                return Decision::allow(id);
+            }
+            return Decision::Abstain;
+        }
         log(
             LogLevel::Debug,
             &format!("scripted plugin deciding for {}", request.conn_id()),

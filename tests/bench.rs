@@ -567,11 +567,13 @@ async fn micro() {
         request: request.clone(),
         so_far: Some(Arc::new(id)),
         cache: CachePolicy::Use,
+        witness: Default::default(),
     };
     let bare = Call {
         request: request.clone(),
         so_far: None,
         cache: CachePolicy::Use,
+        witness: Default::default(),
     };
     for (name, p, call) in [
         (

@@ -15,9 +15,13 @@ if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; the
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
-echo "==> python environment (deployment tests)"
+echo "==> python environment (deployment tests, the Python plugin toolchain)"
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install --quiet --disable-pip-version-check -r tests/deploy/requirements.txt
+.venv/bin/pip install --quiet --disable-pip-version-check \
+  -r tests/deploy/requirements.txt -r plugins/sdk-python/requirements.txt
+
+echo "==> JavaScript plugin toolchain (componentize-js, rolldown; pinned by package-lock.json)"
+npm ci --prefix plugins/sdk-js --no-audit --no-fund --loglevel=error
 
 echo "==> format"
 cargo fmt --all -- --check

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 const BUILTINS: &[(&str, &str)] = &[
     ("allowlist", "trustgate-allowlist"),
     ("k8s-sa-trust", "trustgate-k8s-sa-trust"),
+    ("cel", "trustgate-cel"),
 ];
 
 fn main() {

@@ -44,6 +44,7 @@ pub fn call(request: &Arc<Request>, so_far: Option<&Identity>) -> Call {
         request: request.clone(),
         so_far: so_far.cloned().map(Arc::new),
         cache: CachePolicy::Use,
+        witness: Default::default(),
     }
 }
 

@@ -77,6 +77,27 @@ pub struct AuditRecord<'a> {
     pub plugin: Option<&'a str>,
     /// How long the decision took.
     pub duration_ms: f64,
+    /// Every plugin that ran, in order, with its verdict.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trace: Vec<AuditStep<'a>>,
+}
+
+/// One plugin's part in a decision, as the audit log records it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditStep<'a> {
+    /// The plugin.
+    pub plugin: &'a str,
+    /// `allow`, `permit`, `deny`, `abstain` or `failed`.
+    pub verdict: &'static str,
+    /// For a denial: the error code the client got from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
+    /// For a denial: its reason; for a failure: its cause.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+    /// How long the plugin took, in microseconds.
+    pub us: u64,
 }
 
 /// The audit sink.

@@ -13,11 +13,12 @@ use serde_json::json;
 use trustgate_protocol::DEVICE_TOKEN_METHOD as DEVICE_METHOD;
 use trustgate_protocol::{AuthParams, ClientInfo, ErrorBody, ErrorCode, Pairing, Role};
 use trustgate_runtime::{
-    CachePolicy, Credentials, DenyCode, Device, Identity, Outcome, Peer, PluginFailure, Request,
+    CachePolicy, Credentials, Device, Identity, Outcome, Peer, PluginFailure, Request, Step,
     StepKind, escape_text,
 };
 
 use crate::GatewayState;
+use crate::connection::deny_code;
 use crate::pairing_store::DeviceRecord;
 
 /// Everything `connect` (or `reauth`) presented, with the device proof already verified.
@@ -70,6 +71,16 @@ pub(crate) struct PairingRequired {
     pub message: &'static str,
     /// The real cause, for the log.
     pub cause: String,
+    /// How the chain decided.
+    pub trace: Trace,
+}
+
+/// How a decision came about, for the audit log and `trustgate auth explain`: every plugin's
+/// step, and who the peer is as far as the chain got.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Trace {
+    pub steps: Vec<Step>,
+    pub subject: Option<String>,
 }
 
 /// A successful authentication.
@@ -86,6 +97,8 @@ pub(crate) struct Authenticated {
     pub signed_in_device: Option<String>,
     /// The device token issued with this authentication, if one was.
     pub device_token: Option<String>,
+    /// How the chain decided.
+    pub trace: Trace,
 }
 
 /// A refusal: what the client is told, and what the log says.
@@ -97,6 +110,8 @@ pub(crate) struct Refusal {
     pub cause: String,
     /// The plugin that denied or failed, if one did.
     pub plugin: Option<String>,
+    /// How the chain decided (empty if the refusal came before it).
+    pub trace: Trace,
 }
 
 impl Refusal {
@@ -108,6 +123,7 @@ impl Refusal {
             ),
             cause: message,
             plugin: None,
+            trace: Trace::default(),
         }
     }
 }
@@ -126,15 +142,6 @@ fn device_identity(record: &DeviceRecord) -> Identity {
         scopes: record.scopes.clone(),
         expires_at_ms: None,
         skip_pairing: false,
-    }
-}
-
-fn deny_code(code: DenyCode) -> ErrorCode {
-    match code {
-        DenyCode::Unauthenticated => ErrorCode::Unauthenticated,
-        DenyCode::Forbidden => ErrorCode::Forbidden,
-        DenyCode::Unavailable => ErrorCode::Unavailable,
-        DenyCode::RateLimited => ErrorCode::RateLimited,
     }
 }
 
@@ -171,6 +178,7 @@ fn file_pairing_request(
             needed.cause, needed.device_id, pending.request_id
         ),
         plugin: None,
+        trace: needed.trace,
     }
 }
 
@@ -190,6 +198,7 @@ pub(crate) fn issue_device_token(
         ),
         cause: e.to_string(),
         plugin: None,
+        trace: auth.trace.clone(),
     })?;
     Ok(())
 }
@@ -201,10 +210,20 @@ pub(crate) async fn authenticate(
     attempt: &Attempt<'_>,
     cache: CachePolicy,
 ) -> Decision {
-    match decide(state, attempt, cache).await {
-        Ok(a) => Decision::Allowed(a),
-        Err(Fallback::Refused(r)) => Decision::Refused(r),
-        Err(Fallback::Pair(p)) => Decision::PairingRequired(p),
+    let mut trace = Trace::default();
+    match decide(state, attempt, cache, &mut trace).await {
+        Ok(mut a) => {
+            a.trace = trace;
+            Decision::Allowed(a)
+        }
+        Err(Fallback::Refused(mut r)) => {
+            r.trace = trace;
+            Decision::Refused(r)
+        }
+        Err(Fallback::Pair(mut p)) => {
+            p.trace = trace;
+            Decision::PairingRequired(p)
+        }
     }
 }
 
@@ -224,6 +243,7 @@ async fn decide(
     state: &GatewayState,
     attempt: &Attempt<'_>,
     cache: CachePolicy,
+    trace: &mut Trace,
 ) -> Result<Authenticated, Fallback> {
     let method = attempt.auth.map(|a| a.method.as_str()).unwrap_or("none");
     let device_token = attempt.auth.and_then(|a| a.device_token.as_deref());
@@ -304,6 +324,8 @@ async fn decide(
         _ => (None, None),
     };
     state.metrics.record_steps(&verdict.steps, deny, failure);
+    trace.steps = verdict.steps.clone();
+    trace.subject = verdict.subject.clone();
     let first_allow = verdict
         .steps
         .iter()
@@ -327,6 +349,7 @@ async fn decide(
                     escape_text(&denial.message)
                 ),
                 plugin: Some(plugin),
+                trace: Trace::default(),
             }
             .into());
         }
@@ -346,6 +369,7 @@ async fn decide(
                 ),
                 cause: format!("plugin `{plugin}` {failure}"),
                 plugin: Some(plugin),
+                trace: Trace::default(),
             }
             .into());
         }
@@ -360,6 +384,7 @@ async fn decide(
                 ),
                 cause: format!("plugin `{plugin}` {failure}"),
                 plugin: Some(plugin),
+                trace: Trace::default(),
             }
             .into());
         }
@@ -370,6 +395,7 @@ async fn decide(
                     public_key: pk.clone(),
                     message: "this device is not paired; an operator must approve the request",
                     cause: "no plugin decided".into(),
+                    trace: Trace::default(),
                 }),
                 _ if method == "none" => Refusal::new(
                     ErrorCode::Unauthenticated,
@@ -422,6 +448,7 @@ async fn decide(
                         public_key: pk.clone(),
                         message: "this identity may not skip pairing and its device is not paired",
                         cause: format!("{} may not skip pairing", identity.subject),
+                        trace: Trace::default(),
                     }));
                 }
             },
@@ -448,5 +475,6 @@ async fn decide(
         pairing,
         signed_in_device,
         device_token: None,
+        trace: Trace::default(),
     })
 }

@@ -68,6 +68,25 @@ pub struct Call {
     pub so_far: Option<Arc<Identity>>,
     /// Whether host verifications may use the embedder's cache.
     pub cache: CachePolicy,
+    /// Where a plugin's host verifications leave the subject they found, so a refusal can say
+    /// whom it refused even when no plugin established an identity.
+    pub witness: Witness,
+}
+
+/// The subject a verification (TokenReview, JWT) found during one evaluation.
+#[derive(Debug, Clone, Default)]
+pub struct Witness(Arc<std::sync::Mutex<Option<String>>>);
+
+impl Witness {
+    /// Records `subject` (the latest verification wins).
+    pub fn saw(&self, subject: &str) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(subject.to_string());
+    }
+
+    /// The subject recorded, if any.
+    pub fn subject(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// Something that can take part in the chain. WebAssembly plugins implement it; so can native
@@ -116,6 +135,8 @@ pub struct Step {
     pub plugin: String,
     /// What it decided.
     pub kind: StepKind,
+    /// For a denial: its code.
+    pub code: Option<crate::types::DenyCode>,
     /// For a denial: its reason; for a failure: its cause.
     pub reason: Option<String>,
     /// How long its call took.
@@ -153,8 +174,9 @@ pub struct Verdict {
     pub outcome: Outcome,
     /// Each plugin that ran, in order.
     pub steps: Vec<Step>,
-    /// The identity as far as it was established when the chain stopped (for a refusal: who
-    /// was refused, e.g. the reviewed ServiceAccount).
+    /// Who the peer is as far as the chain got: the identity's subject, or else the subject
+    /// a verification found (for a refusal: whom it refused, e.g. the reviewed
+    /// ServiceAccount).
     pub subject: Option<String>,
 }
 
@@ -196,6 +218,13 @@ impl Chain {
             request: request.clone(),
             so_far: initial.map(Arc::new),
             cache,
+            witness: Witness::default(),
+        };
+        let subject = |call: &Call| {
+            call.so_far
+                .as_ref()
+                .map(|i| i.subject.clone())
+                .or_else(|| call.witness.subject())
         };
         let mut steps = Vec::with_capacity(self.providers.len());
         for provider in &self.providers {
@@ -221,11 +250,12 @@ impl Chain {
                     steps.push(Step {
                         plugin: name.clone(),
                         kind: StepKind::Deny,
+                        code: Some(denial.code),
                         reason: Some(denial.reason.clone()),
                         elapsed,
                     });
                     return Verdict {
-                        subject: call.so_far.map(|i| i.subject.clone()),
+                        subject: subject(&call),
                         outcome: Outcome::Denied {
                             plugin: name,
                             denial,
@@ -237,6 +267,7 @@ impl Chain {
                     steps.push(Step {
                         plugin: name,
                         kind,
+                        code: None,
                         reason: None,
                         elapsed,
                     });
@@ -246,11 +277,12 @@ impl Chain {
                     steps.push(Step {
                         plugin: name.clone(),
                         kind: StepKind::Failed,
+                        code: None,
                         reason: Some(failure.cause().into()),
                         elapsed,
                     });
                     return Verdict {
-                        subject: call.so_far.map(|i| i.subject.clone()),
+                        subject: subject(&call),
                         outcome: Outcome::Failed {
                             plugin: name,
                             failure,

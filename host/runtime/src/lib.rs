@@ -80,7 +80,7 @@ use wasmtime::component::{Component, Linker};
 pub use bindings::ContractVersion;
 pub use bounds::{clip, escape_text};
 pub use chain::{
-    AuthProvider, Call, Chain, Outcome, PluginFailure, Step, StepKind, Verdict, merge,
+    AuthProvider, Call, Chain, Outcome, PluginFailure, Step, StepKind, Verdict, Witness, merge,
 };
 pub use compile_cache::{CacheOutcome, CompileCache};
 pub use pool::{PluginStats, WasmPlugin};

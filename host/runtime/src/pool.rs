@@ -247,7 +247,7 @@ impl WasmPlugin {
         );
         store.limiter(|s| s);
         store.epoch_deadline_callback(on_epoch_deadline);
-        let ticks = store.data_mut().begin_call(CachePolicy::Use);
+        let ticks = store.data_mut().begin_call(CachePolicy::Use, None);
         store.set_epoch_deadline(ticks);
         let bindings = match &p.pre {
             Pre::V0_1(pre) => pre.instantiate_async(&mut store).await.map(Bindings::V0_1),
@@ -257,7 +257,7 @@ impl WasmPlugin {
             Ok(b) => b,
             Err(e) => return Err(InstanceError::Failed(classify(&store, "instantiate", e))),
         };
-        let ticks = store.data_mut().begin_call(CachePolicy::Use);
+        let ticks = store.data_mut().begin_call(CachePolicy::Use, None);
         store.set_epoch_deadline(ticks);
         let configured = tokio::time::timeout(p.limits.call_timeout, async {
             match &bindings {
@@ -341,7 +341,10 @@ impl WasmPlugin {
 
     async fn call(&self, call: &Call) -> Result<Decision, PluginFailure> {
         let mut slot = self.slot().await?;
-        let ticks = slot.store.data_mut().begin_call(call.cache);
+        let ticks = slot
+            .store
+            .data_mut()
+            .begin_call(call.cache, Some(call.witness.clone()));
         slot.store.set_epoch_deadline(ticks);
         // The call's wall-clock bound, counted from the start `begin_call` recorded.
         let limit = tokio::time::Instant::from_std(slot.store.data().call_deadline());

@@ -215,6 +215,8 @@ pub(crate) struct StoreState {
     tripped: Tripped,
     /// Whether host verifications during the current call may use the embedder's cache.
     cache: CachePolicy,
+    /// Where the current call's verifications record the subject they found.
+    witness: Option<crate::chain::Witness>,
     pub(crate) grants: Grants,
     /// Handles (credentials, reviews) the current call created and the guest still holds.
     pub(crate) handles: Vec<(u32, Tracked)>,
@@ -263,6 +265,7 @@ impl StoreState {
             clock: CallClock::new(p.limits.deadline),
             tripped: Tripped::Nothing,
             cache: CachePolicy::Use,
+            witness: None,
             grants: p.grants,
             handles: Vec::new(),
             log,
@@ -273,10 +276,15 @@ impl StoreState {
 
     /// Starts the clocks and the log budget for a new guest call; returns the epoch ticks to
     /// arm.
-    pub(crate) fn begin_call(&mut self, cache: CachePolicy) -> u64 {
+    pub(crate) fn begin_call(
+        &mut self,
+        cache: CachePolicy,
+        witness: Option<crate::chain::Witness>,
+    ) -> u64 {
         self.clock.restart(self.limits.deadline);
         self.tripped = Tripped::Nothing;
         self.cache = cache;
+        self.witness = witness;
         self.log
             .remaining
             .store(MAX_LOG_PER_CALL, Ordering::Release);
@@ -332,6 +340,11 @@ impl StoreState {
         let out =
             tokio::time::timeout_at(tokio::time::Instant::from_std(started + timeout), call).await;
         self.clock.in_host += started.elapsed();
+        if let (Ok(Ok(review)), Some(witness)) = (&out, &self.witness)
+            && review.authenticated()
+        {
+            witness.saw(review.username());
+        }
         out.unwrap_or_else(|_| {
             Err(ReviewError::Unavailable(format!(
                 "{} did not answer within {} ms",

@@ -1,17 +1,16 @@
 //! The `trustgate` command line.
 
+mod commands;
 #[cfg(feature = "dev-cluster")]
 mod demo;
+mod plugin_test;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use trustgate_gateway::NO_KUBERNETES;
 use trustgate_gateway::config::{Config, DEFAULT_CONFIG};
-use trustgate_runtime::{ContractVersion, Grants, Runtime, RuntimeSettings, read_file};
 
 #[derive(Parser)]
 #[command(
@@ -64,6 +63,9 @@ enum Command {
     /// Work with gateway configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Understand authentication decisions.
+    #[command(subcommand)]
+    Auth(AuthCommand),
 }
 
 /// `credentials` of an `[[auth.plugins]]` entry, on the command line.
@@ -87,6 +89,37 @@ enum PluginCommand {
         /// A TOML file holding the plugin's configuration table.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Grant the plugin reading the raw credentials, as `credentials = "read"` would.
+        #[arg(long, value_enum, default_value_t = CredentialsArg::None)]
+        credentials: CredentialsArg,
+    },
+    /// Scaffold a plugin project that builds as is: a sample policy, its configuration, a
+    /// case table, a build script, and its own copies of the contract and the SDK.
+    New {
+        /// The plugin's name (lowercase letters, digits, `-`); also its directory.
+        name: String,
+        /// The language.
+        #[arg(long, value_enum)]
+        lang: commands::new::Lang,
+        /// Where to create the directory (default: here).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Run a plugin against a table of cases and report every decision that differs from the
+    /// expected one. Exits non-zero if any case fails.
+    Test {
+        /// The component file (or use --builtin).
+        #[arg(required_unless_present = "builtin")]
+        file: Option<PathBuf>,
+        /// A first-party plugin instead of a file (`cel`, `allowlist`, `k8s-sa-trust`).
+        #[arg(long, conflicts_with = "file")]
+        builtin: Option<String>,
+        /// A TOML file holding the plugin's configuration table.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The cases (TOML, `[[case]]` tables).
+        #[arg(long)]
+        cases: PathBuf,
         /// Grant the plugin reading the raw credentials, as `credentials = "read"` would.
         #[arg(long, value_enum, default_value_t = CredentialsArg::None)]
         credentials: CredentialsArg,
@@ -184,6 +217,14 @@ enum DevicesCommand {
 }
 
 #[derive(Subcommand)]
+enum AuthCommand {
+    /// Run a gateway configuration's chain offline on one request (with its Kubernetes client,
+    /// if any) and print every plugin's step and the answer a client would get. Writes
+    /// nothing: no pairing request, no device token.
+    Explain(commands::explain::ExplainArgs),
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate a configuration and load its whole auth chain (the embedded default without FILE).
     Check {
@@ -250,13 +291,33 @@ async fn run(cli: Cli) -> Result<()> {
         }
         #[cfg(feature = "dev-cluster")]
         Command::Dev(DevCommand::Cluster { dir, listen }) => demo::cluster(&dir, listen).await,
-        Command::Plugin(PluginCommand::Inspect { file }) => inspect(file),
+        Command::Plugin(PluginCommand::Inspect { file }) => commands::plugin::inspect(file),
         Command::Plugin(PluginCommand::Check {
             file,
             config,
             credentials,
-        }) => check_plugin(file, config, credentials).await,
+        }) => commands::plugin::check(file, config, credentials == CredentialsArg::Read).await,
+        Command::Plugin(PluginCommand::New { name, lang, dir }) => {
+            let dir = commands::new::run(&name, lang, dir)?;
+            println!("created {}: see its README.md to build and test it", dir.display());
+            Ok(())
+        }
+        Command::Plugin(PluginCommand::Test {
+            file,
+            builtin,
+            config,
+            cases,
+            credentials,
+        }) => {
+            let source = match (file, builtin) {
+                (Some(f), _) => commands::plugin::Source::File(f),
+                (None, Some(b)) => commands::plugin::Source::Builtin(b),
+                (None, None) => bail!("give a component file or --builtin NAME"),
+            };
+            commands::plugin::test(source, config, cases, credentials == CredentialsArg::Read).await
+        }
         Command::Config(ConfigCommand::Check { file }) => check_config(file).await,
+        Command::Auth(AuthCommand::Explain(args)) => commands::explain::run(args).await,
         Command::Config(ConfigCommand::Default) => {
             print!("{DEFAULT_CONFIG}");
             Ok(())
@@ -424,90 +485,12 @@ fn print_devices(body: &serde_json::Value) {
     }
 }
 
-fn plugin_runtime(settings: RuntimeSettings) -> Result<Runtime> {
-    Ok(Runtime::new(settings, Arc::new(NO_KUBERNETES))?)
-}
-
-fn inspect(file: PathBuf) -> Result<()> {
-    let runtime = plugin_runtime(RuntimeSettings::default())?;
-    let bytes = read_file(&file)?;
-    let origin = file.display().to_string();
-    let info = runtime.inspect(&origin, &bytes)?;
-    println!("file:    {origin}");
-    println!("size:    {} bytes", info.size);
-    println!("sha256:  {}", info.sha256);
-    match &info.world {
-        Ok(version) => {
-            println!("world:   {}", version.world());
-            println!("contract: {}", version.package());
-            match version {
-                ContractVersion::V0_1 => println!(
-                    "credentials: always readable (0.1.0 copies them into every request; deprecated, rebuild against {})",
-                    ContractVersion::CURRENT.package()
-                ),
-                ContractVersion::V0_2 => println!(
-                    "credentials: opaque; readable only with `credentials = \"read\"` in its [[auth.plugins]] entry"
-                ),
-            }
-        }
-        Err(_) => println!("world:   (none: not a trustgate auth plugin)"),
-    }
-    println!("imports:");
-    for item in &info.imports {
-        println!("  {:<9} {}", item.kind, item.name);
-    }
-    println!("exports:");
-    for item in &info.exports {
-        println!("  {:<9} {}", item.kind, item.name);
-    }
-    if let Err(why) = info.world {
-        bail!("{why}");
-    }
-    Ok(())
-}
-
-async fn check_plugin(
-    file: PathBuf,
-    config: Option<PathBuf>,
-    credentials: CredentialsArg,
-) -> Result<()> {
-    let table = match &config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("{}: cannot read", path.display()))?;
-            let table: toml::Table =
-                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            trustgate_gateway::config::toml_to_json(&toml::Value::Table(table))
-        }
-        None => serde_json::json!({}),
-    };
-    let runtime = plugin_runtime(RuntimeSettings::default())?;
-    let bytes = read_file(&file)?;
-    let origin = file.display().to_string();
-    let compiled = runtime.compile(&origin, &bytes)?;
-    let name = file
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "plugin".into());
-    let grants = Grants {
-        read_credentials: credentials == CredentialsArg::Read,
-    };
-    runtime
-        .instantiate(&name, &compiled, &table, grants)
-        .await?;
-    println!(
-        "ok: {origin} (sha256 {}) accepted its configuration",
-        compiled.sha256()
-    );
-    Ok(())
-}
-
 async fn check_config(file: Option<PathBuf>) -> Result<()> {
     let config = load_config(file.as_ref())?;
     // A check compiles in memory: it must not create the cache directory a server would use.
     let mut settings = config.plugins.clone();
     settings.cache_dir = None;
-    let runtime = plugin_runtime(settings)?;
+    let runtime = commands::plugin::runtime(settings)?;
     let (_, plugins) = config.load_chain(&runtime).await?;
     let origin = file.map_or("<embedded default>".to_string(), |p| {
         p.display().to_string()

@@ -11,7 +11,7 @@ use trustgate_protocol::{
     CloseCode, ConnectParams, ErrorBody, ErrorCode, HelloAuth, HelloOk, HelloPolicy, HelloServer,
     PROTOCOL_VERSION, ResponseFrame, Role, now_ms, parse_client_frame, parse_params,
 };
-use trustgate_runtime::CachePolicy;
+use trustgate_runtime::{CachePolicy, Step};
 
 use super::session::Session;
 use super::{AuditEntry, Conn, Inbound, Source, invalid, next_frame, random_id, salvage_id};
@@ -26,6 +26,9 @@ struct Refused<'a> {
     method: &'a str,
     role: Role,
     plugin: Option<&'a str>,
+    /// Whom the refusal is about, as far as the decision got.
+    subject: Option<&'a str>,
+    trace: &'a [Step],
 }
 
 impl<S> Conn<S>
@@ -39,9 +42,10 @@ where
             started: r.started,
             method: r.method,
             role: r.role,
-            subject: None,
+            subject: r.subject,
             error: Some(&error),
             plugin: r.plugin,
+            trace: r.trace,
         });
         let close = error.code.close_code();
         self.fail(r.id, error, close).await;
@@ -129,6 +133,8 @@ where
             method: &method,
             role: params.role,
             plugin: None,
+            subject: None,
+            trace: &[],
         };
         if params.min_protocol > PROTOCOL_VERSION || params.max_protocol < PROTOCOL_VERSION {
             let e = ErrorBody::new(
@@ -192,9 +198,13 @@ where
             Ok(a) => a,
             Err(refusal) => {
                 info!(code = %refusal.error.code, cause = %refusal.cause, "connect refused");
-                let plugin = refusal.plugin.as_deref();
-                self.refuse(Refused { plugin, ..refused }, *refusal.error)
-                    .await;
+                let refused = Refused {
+                    plugin: refusal.plugin.as_deref(),
+                    subject: refusal.trace.subject.as_deref(),
+                    trace: &refusal.trace.steps,
+                    ..refused
+                };
+                self.refuse(refused, *refusal.error).await;
                 return None;
             }
         };
@@ -228,6 +238,7 @@ where
             subject: Some(&auth.identity.subject),
             error: None,
             plugin: auth.plugin.as_deref(),
+            trace: &auth.trace.steps,
         });
         let payload = serde_json::to_value(&hello).unwrap_or(Value::Null);
         // Register first: a peer told it is connected must already be listed, reachable by

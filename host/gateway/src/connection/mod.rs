@@ -29,8 +29,10 @@ use trustgate_protocol::{
     CloseCode, ErrorBody, ErrorCode, EventFrame, FrameError, ResponseFrame, Role, now_ms,
 };
 
+use trustgate_runtime::{DenyCode, Step};
+
 use crate::GatewayState;
-use crate::audit::AuditRecord;
+use crate::audit::{AuditRecord, AuditStep};
 
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 type Source<S> = SplitStream<WebSocketStream<S>>;
@@ -180,11 +182,37 @@ struct AuditEntry<'a> {
     /// The presented auth method.
     method: &'a str,
     role: Role,
+    /// Who the peer is, as far as the decision got (for a refusal too).
     subject: Option<&'a str>,
     /// The refusal, if it was one.
     error: Option<&'a ErrorBody>,
     /// The plugin that decided.
     plugin: Option<&'a str>,
+    /// Every plugin step.
+    trace: &'a [Step],
+}
+
+/// The protocol code a plugin's denial becomes.
+pub(crate) fn deny_code(code: DenyCode) -> ErrorCode {
+    match code {
+        DenyCode::Unauthenticated => ErrorCode::Unauthenticated,
+        DenyCode::Forbidden => ErrorCode::Forbidden,
+        DenyCode::Unavailable => ErrorCode::Unavailable,
+        DenyCode::RateLimited => ErrorCode::RateLimited,
+    }
+}
+
+fn audit_trace(trace: &[Step]) -> Vec<AuditStep<'_>> {
+    trace
+        .iter()
+        .map(|s| AuditStep {
+            plugin: &s.plugin,
+            verdict: s.kind.as_str(),
+            code: s.code.map(|c| deny_code(c).as_str()),
+            reason: s.reason.as_deref(),
+            us: s.elapsed.as_micros() as u64,
+        })
+        .collect()
 }
 
 impl<S> Conn<S>
@@ -257,6 +285,7 @@ where
             reason,
             plugin: entry.plugin,
             duration_ms: seconds * 1000.0,
+            trace: audit_trace(entry.trace),
         });
     }
 }

@@ -297,7 +297,7 @@ where
         let p: ReauthParams = parse_params(&frame.params).map_err(|e| invalid(&e))?;
         let attempt = self.session_attempt(s, Some(&p.auth));
         let started = Instant::now();
-        let entry = |subject, error, plugin| AuditEntry {
+        let entry = |subject, error, plugin, trace| AuditEntry {
             event: "reauth",
             started,
             method: &p.auth.method,
@@ -305,6 +305,7 @@ where
             subject,
             error,
             plugin,
+            trace,
         };
         // A peer's own reauth may file a pairing request, as its `connect` would.
         let fresh = match authenticate(&self.state, &attempt, CachePolicy::Use)
@@ -314,7 +315,12 @@ where
             Ok(f) => f,
             Err(r) => {
                 info!(code = %r.error.code, cause = %r.cause, "reauth refused");
-                self.record(entry(None, Some(&r.error), r.plugin.as_deref()));
+                self.record(entry(
+                    r.trace.subject.as_deref(),
+                    Some(&r.error),
+                    r.plugin.as_deref(),
+                    &r.trace.steps,
+                ));
                 return Err(*r.error);
             }
         };
@@ -322,6 +328,7 @@ where
             Some(&fresh.identity.subject),
             None,
             fresh.plugin.as_deref(),
+            &fresh.trace.steps,
         ));
         if fresh.identity.subject != s.auth.identity.subject {
             warn!(old = %s.auth.identity.subject, new = %fresh.identity.subject, "reauth with another subject refused");

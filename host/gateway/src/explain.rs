@@ -1,0 +1,164 @@
+//! `trustgate auth explain`: one authentication decision made offline, the way a handshake
+//! would make it — the configured chain, the configured Kubernetes client, the pairing store —
+//! reported with every plugin's step and the answer a client would get. Nothing is written:
+//! no pairing request is filed, no device token issued.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, RwLock};
+
+use trustgate_protocol::{AuthParams, ClientInfo, ErrorBody, Pairing, Role};
+use trustgate_runtime::{CachePolicy, HostServices, Runtime, Step};
+
+use crate::authenticate::{Attempt, Decision, authenticate};
+use crate::{
+    Audit, AuditOutput, Config, GatewayState, KubeServices, LoadedChain, Metrics, NO_KUBERNETES,
+    PairingStore, Sessions, StartError,
+};
+
+/// What a client presents, for [`explain`].
+#[derive(Debug, Clone)]
+pub struct ExplainInput {
+    /// The requested role.
+    pub role: Role,
+    /// The requested scopes.
+    pub scopes: Vec<String>,
+    /// The auth method (`none` without credentials).
+    pub method: String,
+    /// A bearer token.
+    pub token: Option<String>,
+    /// A device token.
+    pub device_token: Option<String>,
+    /// A device the client proves (id, public key); taken as verified.
+    pub device: Option<(String, String)>,
+    /// Where the client connects from.
+    pub remote_addr: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The client id.
+    pub client_id: String,
+}
+
+/// The answer a client would get.
+#[derive(Debug, Clone)]
+pub enum ExplainOutcome {
+    /// `hello-ok`.
+    Connected {
+        /// The subject.
+        subject: String,
+        /// The method that established it.
+        method: String,
+        /// The granted role.
+        role: Role,
+        /// How pairing was satisfied.
+        pairing: Pairing,
+        /// When the credentials expire.
+        expires_at_ms: Option<u64>,
+    },
+    /// A refusal: the error frame and the cause the gateway log would show.
+    Refused {
+        /// What the client is told.
+        error: Box<ErrorBody>,
+        /// The real cause.
+        cause: String,
+    },
+    /// `NOT_PAIRED`: a connect would file a pairing request for this device.
+    NotPaired {
+        /// What the client is told.
+        message: String,
+        /// The real cause.
+        cause: String,
+    },
+}
+
+/// One decision and how it came about.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    /// Every plugin that ran, in order.
+    pub steps: Vec<Step>,
+    /// Who the peer is as far as the chain got.
+    pub subject: Option<String>,
+    /// The answer.
+    pub outcome: ExplainOutcome,
+}
+
+/// Decides on `input` with `config`'s chain, Kubernetes client and pairing store.
+pub async fn explain(config: &Config, input: &ExplainInput) -> Result<Explanation, StartError> {
+    crate::tls::install_crypto_provider();
+    let services: Arc<dyn HostServices> = match &config.kubernetes {
+        Some(settings) => Arc::new(KubeServices(Arc::new(
+            trustgate_k8s::Kubernetes::connect(settings.clone()).await?,
+        ))),
+        None => Arc::new(NO_KUBERNETES),
+    };
+    // Compiled in memory: an explanation must not write the server's compile cache.
+    let mut settings = config.plugins.clone();
+    settings.cache_dir = None;
+    let runtime = Runtime::new(settings, services)?;
+    let (chain, plugins) = config.load_chain(&runtime).await?;
+    let state = GatewayState {
+        limits: config.limits.clone(),
+        pairing: PairingStore::open(&config.pairing_store(), &config.pairing)?,
+        sessions: Sessions::default(),
+        connections: AtomicUsize::new(0),
+        chain: RwLock::new(LoadedChain {
+            chain: Arc::new(chain),
+            plugins,
+        }),
+        admin_token: String::new(),
+        metrics: Metrics::new(),
+        audit: Audit::open(&AuditOutput::Off).map_err(StartError::Audit)?,
+    };
+    let client = ClientInfo {
+        id: input.client_id.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        platform: None,
+        instance_id: None,
+    };
+    let auth = AuthParams {
+        method: input.method.clone(),
+        token: input.token.clone(),
+        device_token: input.device_token.clone(),
+    };
+    let attempt = Attempt {
+        conn_id: "c-explain",
+        remote: input.remote_addr,
+        tls: input.tls,
+        client: &client,
+        role: input.role,
+        scopes: &input.scopes,
+        auth: Some(&auth),
+        device: input.device.clone(),
+    };
+    Ok(
+        match authenticate(&state, &attempt, CachePolicy::Use).await {
+            Decision::Allowed(a) => Explanation {
+                steps: a.trace.steps,
+                subject: Some(a.identity.subject.clone()),
+                outcome: ExplainOutcome::Connected {
+                    subject: a.identity.subject,
+                    method: a.identity.method,
+                    role: a.role,
+                    pairing: a.pairing,
+                    expires_at_ms: a.identity.expires_at_ms,
+                },
+            },
+            Decision::Refused(r) => Explanation {
+                steps: r.trace.steps,
+                subject: r.trace.subject,
+                outcome: ExplainOutcome::Refused {
+                    error: r.error,
+                    cause: r.cause,
+                },
+            },
+            Decision::PairingRequired(p) => Explanation {
+                steps: p.trace.steps,
+                subject: p.trace.subject,
+                outcome: ExplainOutcome::NotPaired {
+                    message: p.message.to_string(),
+                    cause: format!("{}; device {} not paired", p.cause, p.device_id),
+                },
+            },
+        },
+    )
+}

@@ -286,6 +286,71 @@ async fn the_audit_log_has_one_line_per_decision_and_no_secrets() {
 }
 
 #[tokio::test]
+async fn an_audited_refusal_names_the_subject_and_carries_the_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    // The first plugin establishes a ServiceAccount, the CEL policy after it refuses dev.
+    let chain = format!(
+        "{}
+[[auth.plugins]]
+builtin = \"cel\"
+[[auth.plugins.config.rules]]
+deny = 'identity.attributes.namespace == \"dev\"'
+reason = \"dev-is-not-production\"
+[[auth.plugins.config.rules]]
+allow = 'true'
+",
+        scripted(
+            "authn",
+            r#"decision = "allow", token = "tok-dev-789", subject = "system:serviceaccount:dev:runner", roles = ["worker"], skip_pairing = true, attributes = { namespace = "dev" }"#
+        )
+    );
+    let gw = gateway(
+        &format!("[audit]\noutput = {:?}\n", log.display().to_string()),
+        &chain,
+    )
+    .await;
+    let res = connect(&gw, json!({"method": "sa", "token": "tok-dev-789"})).await;
+    assert_eq!(res["error"]["code"], "FORBIDDEN", "{res}");
+    assert_eq!(res["error"]["details"]["reason"], "dev-is-not-production");
+    // Refused before any plugin established anyone: no subject, a one-step trace.
+    let res = connect(&gw, json!({"method": "sa", "token": "tok-wrong"})).await;
+    assert_eq!(res["error"]["code"], "UNAUTHENTICATED", "{res}");
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let refusal = &lines[0];
+    assert_eq!(refusal["decision"], "deny");
+    assert_eq!(
+        refusal["subject"], "system:serviceaccount:dev:runner",
+        "{refusal}"
+    );
+    let trace = refusal["trace"].as_array().expect("a trace");
+    assert_eq!(trace.len(), 2, "{refusal}");
+    assert_eq!(trace[0]["plugin"], "authn");
+    assert_eq!(trace[0]["verdict"], "allow");
+    assert_eq!(trace[1]["plugin"], "cel");
+    assert_eq!(trace[1]["verdict"], "deny");
+    assert_eq!(trace[1]["code"], "FORBIDDEN");
+    assert_eq!(trace[1]["reason"], "dev-is-not-production");
+    assert!(
+        trace.iter().all(|s| s["us"].as_u64().is_some()),
+        "{refusal}"
+    );
+
+    let early = &lines[1];
+    assert!(early.get("subject").is_none(), "{early}");
+    assert_eq!(early["trace"].as_array().map(Vec::len), Some(1), "{early}");
+    assert_eq!(early["trace"][0]["verdict"], "deny");
+    assert_eq!(early["trace"][0]["reason"], "token-rejected");
+    assert!(!text.contains("tok-dev-789") && !text.contains("tok-wrong"));
+}
+
+#[tokio::test]
 async fn a_reload_with_a_bad_pin_is_refused_and_nothing_drops() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(guests::GUEST_SCRIPTED).unwrap();

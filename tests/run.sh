@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # trustgate's whole test suite: the README's test command, and what CI runs.
-# Installs what it needs (the wasm32-wasip2 target, rustfmt, clippy, a Python venv with the
-# Helm library and Kubernetes schemas) so a fresh machine passes.
+# Installs what it needs (the wasm32-wasip2 target, rustfmt, clippy, Chromium, a Python venv
+# with the Helm library, Kubernetes schemas and componentize-py, the npm packages of the
+# JavaScript SDK) so a fresh machine passes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +31,7 @@ echo "==> lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "==> tests"
+node --test plugins/sdk-js/test/
 cargo test --workspace --locked
 
 echo "==> deployment (Helm rendering, Kubernetes 1.37 strict schemas, policy, config check)"

@@ -75,34 +75,7 @@ export function log(level, message) {
   hostLog(level, message);
 }
 
-/** Shell-style matching: `*` any run of characters, `?` exactly one. */
-export function glob(pattern, text) {
-  const re = pattern.replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*").replace(/\?/g, ".");
-  return new RegExp(`^${re}$`).test(text);
-}
-
-function ipv4(ip) {
-  const parts = ip.split(".");
-  if (parts.length !== 4) return null;
-  let n = 0;
-  for (const p of parts) {
-    const v = Number(p);
-    if (!/^\d+$/.test(p) || v > 255) return null;
-    n = n * 256 + v;
-  }
-  return n;
-}
-
-/** Whether the IPv4 address `ip` is in the network `cidr` (e.g. "10.0.0.0/8"). */
-export function inCidr(ip, cidr) {
-  const [net, bits] = cidr.split("/");
-  const a = ipv4(ip ?? "");
-  const b = ipv4(net);
-  const len = Number(bits ?? 32);
-  if (a === null || b === null || !(len >= 0 && len <= 32)) return false;
-  const mask = len === 0 ? 0 : (0xffffffff << (32 - len)) >>> 0;
-  return ((a & mask) >>> 0) === ((b & mask) >>> 0);
-}
+export { glob, inCidr } from "./util.js";
 
 /** The credentials the peer presented, as an opaque handle. */
 class Credentials {

@@ -103,6 +103,7 @@ pub fn spec_reading_credentials(name: &str, path: &str, config: serde_json::Valu
 pub mod bench;
 pub mod client;
 pub mod layering;
+pub mod policies;
 pub mod tls;
 
 /// A gateway running in this test process on ephemeral loopback ports, with its state in a

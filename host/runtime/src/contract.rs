@@ -225,7 +225,7 @@ impl h2::Host for StoreState {
     }
 
     fn now_ms(&mut self) -> wasmtime::Result<u64> {
-        Ok(crate::now_ms())
+        Ok(StoreState::now_ms(self))
     }
 
     async fn token_review(
@@ -381,7 +381,7 @@ impl h1::Host for StoreState {
     }
 
     async fn now_ms(&mut self) -> u64 {
-        crate::now_ms()
+        StoreState::now_ms(self)
     }
 
     async fn token_review(

@@ -237,6 +237,11 @@ pub(crate) struct StoreParts {
 }
 
 impl StoreState {
+    /// The time plugins see (`now-ms`): the embedder's clock.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.services.now_ms()
+    }
+
     pub(crate) fn new(p: StoreParts) -> Self {
         let log = Arc::new(LogBudget {
             remaining: AtomicUsize::new(MAX_LOG_PER_CALL),

@@ -38,6 +38,12 @@ pub trait HostServices: Send + Sync + 'static {
         token: &str,
         audiences: &[String],
     ) -> Result<Arc<dyn Review>, ReviewError>;
+
+    /// The wall clock plugins read (`now-ms`), in milliseconds since the Unix epoch. A seam
+    /// for policy tests that pin the time; the gateway keeps the default, the system clock.
+    fn now_ms(&self) -> u64 {
+        crate::now_ms()
+    }
 }
 
 /// Services of a host that offers no verification at all: every call fails with

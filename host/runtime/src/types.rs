@@ -128,6 +128,19 @@ pub enum DenyCode {
     RateLimited,
 }
 
+impl DenyCode {
+    /// The contract's name for it: `unauthenticated`, `forbidden`, `unavailable`,
+    /// `rate-limited`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden => "forbidden",
+            Self::Unavailable => "unavailable",
+            Self::RateLimited => "rate-limited",
+        }
+    }
+}
+
 /// A refusal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {

@@ -5,12 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::worker::{WorkerError, WorkerEvent, WorkerOptions};
 use anyhow::{Context, Result, bail};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
-use trustgate::worker::{WorkerError, WorkerEvent, WorkerOptions};
 use trustgate_devcluster::{ApiServer, TokenRequest};
 use trustgate_gateway::config::{Config, DEFAULT_CONFIG};
 
@@ -80,11 +80,8 @@ fn spawn_worker(
         }
     });
     let stop = cast.stop.subscribe();
-    cast.tasks.push(tokio::spawn(trustgate::worker::run(
-        options,
-        stop,
-        Some(tx),
-    )));
+    cast.tasks
+        .push(tokio::spawn(crate::worker::run(options, stop, Some(tx))));
 }
 
 fn metric_lines(text: &str) -> std::collections::BTreeMap<String, f64> {

@@ -1,5 +1,6 @@
 //! The top of trustgate: what the `trustgate` binary offers besides the gateway itself.
 //!
+//! - [`cli`]: the command line (`trustgate serve`, `plugin`, `auth explain`, `devices`, ...).
 //! - [`worker`]: the worker client (`trustgate worker`), a client of the public protocol only.
 //!
 //! The layers below are crates of their own: `trustgate-protocol` (wire types),
@@ -7,4 +8,9 @@
 //! `trustgate-gateway` (the server that composes them) and, for `trustgate demo` and
 //! `trustgate dev`, `trustgate-devcluster`.
 
+pub mod cli;
+mod commands;
+#[cfg(feature = "dev-cluster")]
+mod demo;
+mod plugin_test;
 pub mod worker;

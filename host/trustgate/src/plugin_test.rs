@@ -73,6 +73,9 @@ pub struct Case {
     pub review: Option<ReviewCase>,
     /// What the gateway's local JWT verification answers.
     pub jwt: Option<ReviewCase>,
+    /// The time the plugin sees (`now-ms`), e.g. `now = 2026-11-30T09:30:00Z`; default: the
+    /// real clock.
+    pub now: Option<toml::value::Datetime>,
     /// What the plugin should decide.
     pub expect: Expect,
 }
@@ -200,10 +203,22 @@ impl Review for StubReview {
     }
 }
 
-/// Answers verifications with the current case's stubs.
+/// Answers verifications (and the clock) with the current case's stubs.
 #[derive(Default)]
 pub struct Stubs {
     current: Mutex<(Option<ReviewCase>, Option<ReviewCase>)>,
+    now_ms: Mutex<Option<u64>>,
+}
+
+/// A TOML date-time with an offset, in milliseconds since the Unix epoch.
+fn epoch_ms(at: &toml::value::Datetime) -> Result<u64> {
+    let parsed = chrono::DateTime::parse_from_rfc3339(&at.to_string()).map_err(|_| {
+        anyhow::anyhow!(
+            "`now = {at}`: give a full date-time with an offset, e.g. 2026-11-30T09:30:00Z"
+        )
+    })?;
+    u64::try_from(parsed.timestamp_millis())
+        .map_err(|_| anyhow::anyhow!("`now = {at}`: before 1970"))
 }
 
 fn answer(stub: Option<ReviewCase>, what: &str) -> Result<Arc<dyn Review>, ReviewError> {
@@ -251,13 +266,25 @@ impl HostServices for Stubs {
             .clone();
         answer(stub, "jwt")
     }
+
+    fn now_ms(&self) -> u64 {
+        (*self.now_ms.lock().unwrap_or_else(|p| p.into_inner()))
+            .unwrap_or_else(trustgate_protocol::now_ms)
+    }
 }
 
 /// Reads a case file, naming the file and the problem.
 pub fn read_cases(path: &Path) -> Result<Cases> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    let cases: Cases =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    for c in &cases.case {
+        if let Some(at) = &c.now {
+            epoch_ms(at).with_context(|| format!("{}: case `{}`", path.display(), c.name))?;
+        }
+    }
+    Ok(cases)
 }
 
 fn request(c: &Case) -> Arc<Request> {
@@ -298,12 +325,7 @@ fn identity(c: &Case) -> Option<Identity> {
 }
 
 fn code(c: DenyCode) -> &'static str {
-    match c {
-        DenyCode::Unauthenticated => "unauthenticated",
-        DenyCode::Forbidden => "forbidden",
-        DenyCode::Unavailable => "unavailable",
-        DenyCode::RateLimited => "rate-limited",
-    }
+    c.as_str()
 }
 
 /// A decision in the words of a case file.
@@ -391,6 +413,8 @@ pub async fn run(plugin: &WasmPlugin, stubs: &Stubs, cases: &Cases) -> (String, 
     for c in &cases.case {
         *stubs.current.lock().unwrap_or_else(|p| p.into_inner()) =
             (c.review.clone(), c.jwt.clone());
+        *stubs.now_ms.lock().unwrap_or_else(|p| p.into_inner()) =
+            c.now.as_ref().and_then(|at| epoch_ms(at).ok());
         let so_far = identity(c);
         let call = Call {
             request: request(c),

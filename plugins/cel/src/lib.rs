@@ -132,7 +132,7 @@ pub struct Cel {
 
 // === The variables expressions see ===
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 struct RequestVar {
     role: String,
     scopes: Vec<String>,
@@ -140,12 +140,12 @@ struct RequestVar {
     device: Option<DeviceVar>,
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 struct DeviceVar {
     id: String,
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 struct PeerVar {
     ip: String,
     addr: String,
@@ -157,7 +157,7 @@ struct PeerVar {
     conn_id: String,
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 struct IdentityVar {
     subject: String,
     method: String,
@@ -168,6 +168,9 @@ struct IdentityVar {
     expires_at_ms: Option<u64>,
     skip_pairing: bool,
 }
+
+/// How many attribute keys the configure-time dry run adds to its sample identity.
+const MAX_SAMPLE_ATTRIBUTES: usize = 64;
 
 fn sample() -> (RequestVar, PeerVar, IdentityVar) {
     (
@@ -257,10 +260,10 @@ impl Cel {
             .compile(source)
             .map_err(|e| format!("{key}: not a valid CEL expression: {e}"))?;
         let refs = program.references();
-        for unknown in refs
+        if let Some(unknown) = refs
             .variables()
             .into_iter()
-            .filter(|v| !["request", "peer", "identity", "now"].contains(v))
+            .find(|v| !["request", "peer", "identity", "now"].contains(v))
         {
             return Err(format!(
                 "{key}: unknown variable `{unknown}` (expressions see `request`, `peer`, `identity` and `now`)"
@@ -268,17 +271,38 @@ impl Cel {
         }
         // "Type check": run it once against a complete sample; a missing field, a wrong
         // operand type or a non-boolean result shows up here instead of at the first peer.
-        let (r, p, i) = sample();
-        let ctx = context(env, Some(r), Some(p), Some(Some(i)), Some(0))?;
-        match program.execute(&ctx) {
-            Ok(Value::Bool(_)) => {}
-            Ok(other) => {
-                return Err(format!(
-                    "{key}: must evaluate to a boolean, evaluates to {:?}",
-                    other.type_of()
-                ));
+        // Attributes are an open map, so a key the sample lacks is added and the run repeated;
+        // a key that is still missing afterwards is a field no variable has.
+        let (r, p, mut i) = sample();
+        loop {
+            let ctx = context(
+                env,
+                Some(r.clone()),
+                Some(p.clone()),
+                Some(Some(i.clone())),
+                Some(0),
+            )?;
+            match program.execute(&ctx) {
+                Ok(Value::Bool(_)) => break,
+                Ok(other) => {
+                    return Err(format!(
+                        "{key}: must evaluate to a boolean, evaluates to {:?}",
+                        other.type_of()
+                    ));
+                }
+                Err(cel::ExecutionError::NoSuchKey(field))
+                    if !i.attributes.contains_key(field.as_str())
+                        && i.attributes.len() < MAX_SAMPLE_ATTRIBUTES =>
+                {
+                    i.attributes.insert(field.to_string(), "value".into());
+                }
+                Err(cel::ExecutionError::NoSuchKey(field)) => {
+                    return Err(format!(
+                        "{key}: no variable has a field `{field}` (the fields of `request`, `peer` and `identity` are listed in docs/writing-plugins.md)"
+                    ));
+                }
+                Err(e) => return Err(format!("{key}: {e}")),
             }
-            Err(e) => return Err(format!("{key}: {e}")),
         }
         let needs_identity = refs.has_variable("identity");
         Ok((program, needs_identity))
@@ -481,7 +505,16 @@ mod tests {
             "{e}"
         );
         let e = err(r#"{"rules":[{"allow":"request.rol == 'worker'"}]}"#);
-        assert!(e.starts_with("rules[0].allow:"), "{e}");
+        assert!(
+            e.starts_with("rules[0].allow: no variable has a field `rol`"),
+            "{e}"
+        );
+        // Attributes are an open map: any key compiles (and `has()` tests for it).
+        assert!(config(r#"{"rules":[{"allow":"identity.attributes.team == 'infra'"}]}"#).is_ok());
+        assert!(
+            config(r#"{"rules":[{"allow":"has(identity.attributes.team) && identity.attributes.team == 'a'"}]}"#)
+                .is_ok()
+        );
         let e = err(r#"{"rules":[{"allow":"request.role"}]}"#);
         assert!(e.contains("must evaluate to a boolean"), "{e}");
         let e = err(r#"{"rules":[{"allow":"true","deny":"false"}]}"#);

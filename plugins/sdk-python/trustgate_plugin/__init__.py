@@ -331,10 +331,14 @@ def glob(pattern: str, text: str) -> bool:
 
 
 def in_cidr(ip: Optional[str], cidr: str) -> bool:
-    """Whether ``ip`` is in the network ``cidr`` (``False`` for a missing address)."""
+    """Whether ``ip`` (IPv4 or IPv6) is in the network ``cidr`` (``"10.0.0.0/8"``,
+    ``"fd00::/8"``); ``False`` for a missing or malformed address or network."""
     if not ip:
         return False
-    return ipaddress.ip_address(ip) in ipaddress.ip_network(cidr, strict=False)
+    try:
+        return ipaddress.ip_address(ip) in ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return False
 
 
 def export(policy_class: Callable[[dict], Any]) -> type:

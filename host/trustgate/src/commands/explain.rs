@@ -99,9 +99,7 @@ pub(crate) async fn run(args: ExplainArgs) -> Result<()> {
     }
     for (i, s) in e.steps.iter().enumerate() {
         let detail = match (s.kind, &s.code, &s.reason) {
-            (StepKind::Deny, Some(code), Some(reason)) => {
-                format!(" {:?}/{reason}", code).to_lowercase()
-            }
+            (StepKind::Deny, Some(code), Some(reason)) => format!(" {}/{reason}", code.as_str()),
             (StepKind::Failed, _, Some(cause)) => format!(" ({cause})"),
             _ => String::new(),
         };

@@ -1,5 +1,5 @@
 //! The implementations of the `trustgate` subcommands whose arguments `main.rs` declares.
 
 pub(crate) mod explain;
-pub(crate) mod plugin;
 pub(crate) mod new;
+pub(crate) mod plugin;

@@ -54,6 +54,7 @@ const PY_REQUIREMENTS: &str = include_str!("../../../../plugins/sdk-python/requi
 const JS_APP: &str = include_str!("../../templates/js/app.js");
 const JS_PACKAGE: &str = include_str!("../../templates/js/package.json");
 const JS_SDK: &str = include_str!("../../../../plugins/sdk-js/index.js");
+const JS_UTIL: &str = include_str!("../../../../plugins/sdk-js/util.js");
 const JS_BUILD: &str = include_str!("../../../../plugins/sdk-js/build.mjs");
 const JS_SDK_PACKAGE: &str = include_str!("../../../../plugins/sdk-js/package.json");
 
@@ -87,7 +88,9 @@ pub(crate) fn run(name: &str, lang: Lang, parent: Option<PathBuf>) -> Result<Pat
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
     {
-        bail!("`{name}` is not a plugin name: use lowercase letters, digits and `-`, starting with a letter");
+        bail!(
+            "`{name}` is not a plugin name: use lowercase letters, digits and `-`, starting with a letter"
+        );
     }
     let dir = parent.unwrap_or_else(|| PathBuf::from(".")).join(name);
     if dir.exists() {
@@ -117,8 +120,16 @@ pub(crate) fn run(name: &str, lang: Lang, parent: Option<PathBuf>) -> Result<Pat
             executable(&dir.join("build.sh"))?;
             write(&dir, "vendor/trustgate-plugin-sdk/Cargo.toml", SDK_CARGO)?;
             write(&dir, "vendor/trustgate-plugin-sdk/src/lib.rs", SDK_LIB)?;
-            write(&dir, "vendor/trustgate-plugin-sdk/src/contract_v0_2.rs", SDK_V0_2)?;
-            write(&dir, "vendor/trustgate-plugin-sdk/src/contract_v0_1.rs", SDK_V0_1)?;
+            write(
+                &dir,
+                "vendor/trustgate-plugin-sdk/src/contract_v0_2.rs",
+                SDK_V0_2,
+            )?;
+            write(
+                &dir,
+                "vendor/trustgate-plugin-sdk/src/contract_v0_1.rs",
+                SDK_V0_1,
+            )?;
             write(&dir, ".gitignore", "/target\n*.wasm\n")?;
         }
         Lang::Python => {
@@ -133,6 +144,7 @@ pub(crate) fn run(name: &str, lang: Lang, parent: Option<PathBuf>) -> Result<Pat
             write(&dir, "app.js", &fill(JS_APP))?;
             write(&dir, "package.json", &fill(JS_PACKAGE))?;
             write(&dir, "trustgate-plugin/index.js", JS_SDK)?;
+            write(&dir, "trustgate-plugin/util.js", JS_UTIL)?;
             write(&dir, "trustgate-plugin/build.mjs", JS_BUILD)?;
             write(&dir, "trustgate-plugin/package.json", JS_SDK_PACKAGE)?;
             write(&dir, ".gitignore", "node_modules/\n*.wasm\n")?;

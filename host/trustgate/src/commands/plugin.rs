@@ -109,11 +109,16 @@ pub(crate) async fn test(
     config: Option<PathBuf>,
     cases: PathBuf,
     read_credentials: bool,
+    cache_dir: Option<PathBuf>,
 ) -> Result<()> {
     let cases = read_cases(&cases)?;
     let table = config_table(config.as_ref())?;
     let stubs = Arc::new(Stubs::default());
-    let runtime = Runtime::new(RuntimeSettings::default(), stubs.clone())?;
+    let settings = RuntimeSettings {
+        cache_dir,
+        ..RuntimeSettings::default()
+    };
+    let runtime = Runtime::new(settings, stubs.clone())?;
     let (name, source) = match source {
         Source::File(path) => (
             path.file_stem()

@@ -25,6 +25,9 @@ struct Config {
     groups: Vec<String>,
     #[serde(default)]
     skip_pairing: bool,
+    /// For `allow`: attributes of the identity, besides `client-id`.
+    #[serde(default)]
+    attributes: std::collections::BTreeMap<String, String>,
     expires_at_ms: Option<u64>,
     #[serde(default = "default_reason")]
     reason: String,
@@ -255,7 +258,9 @@ impl Plugin for Scripted {
                 },
                 method: request.method().to_string(),
                 groups: c.groups.clone(),
-                attributes: vec![("client-id".into(), request.client().id)],
+                attributes: std::iter::once(("client-id".into(), request.client().id))
+                    .chain(c.attributes.clone())
+                    .collect(),
                 roles: c.roles.clone(),
                 scopes: c.scopes.clone(),
                 expires_at_ms,

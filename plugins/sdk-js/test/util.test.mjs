@@ -1,0 +1,44 @@
+// node --test plugins/sdk-js/test/
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { glob, inCidr } from "../util.js";
+
+test("inCidr matches IPv4 and IPv6 networks and nothing malformed", () => {
+  const cases = [
+    ["10.1.2.3", "10.0.0.0/8", true],
+    ["11.1.2.3", "10.0.0.0/8", false],
+    ["1.2.3.4", "0.0.0.0/0", true],
+    ["10.0.0.1", "10.0.0.1", true],
+    ["fd00::17", "fd00::/8", true],
+    ["fe80::1", "fd00::/8", false],
+    ["::1", "::1/128", true],
+    ["2001:db8::1", "2001:db8::/32", true],
+    ["2001:db9::1", "2001:db8::/32", false],
+    ["1:2:3:4:5:6:7:8", "1:2:3:4:5:6:7:0/112", true],
+    ["::ffff:10.1.2.3", "::ffff:10.0.0.0/104", true],
+    ["::ffff:11.1.2.3", "::ffff:10.0.0.0/104", false],
+    ["1:2:3:4:5:6:1.2.3.4", "1:2:3:4:5:6:102:304/128", true],
+    // different families, malformed input: never a match
+    ["10.1.2.3", "fd00::/8", false],
+    ["fd00::1", "0.0.0.0/0", false],
+    ["bad", "10.0.0.0/8", false],
+    ["10.0.0.256", "10.0.0.0/8", false],
+    ["10.0.0.1", "10.0.0.0/33", false],
+    ["10.0.0.1", "10.0.0.0/8/8", false],
+    ["1::2::3", "::/0", false],
+    [undefined, "10.0.0.0/8", false],
+  ];
+  for (const [ip, cidr, want] of cases) {
+    assert.equal(inCidr(ip, cidr), want, `${ip} in ${cidr}`);
+  }
+});
+
+test("glob: * any run, ? one character, everything else literal", () => {
+  assert.ok(glob("prod-*", "prod-a"));
+  assert.ok(glob("prod-?", "prod-a"));
+  assert.ok(!glob("prod-?", "prod-ab"));
+  assert.ok(!glob("prod-*", "dev"));
+  assert.ok(glob("a.b", "a.b"));
+  assert.ok(!glob("a.b", "axb"), "a dot is not a regex wildcard");
+  assert.ok(glob("(x)+", "(x)+"));
+});

@@ -1,0 +1,211 @@
+//! The policy tools of the command line, run as a process: `trustgate plugin test` reporting a
+//! wrong expectation with a diff and a failing exit status, and `trustgate auth explain`
+//! tracing the configured chain offline for an allowed and a refused request.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // helpers of tests: a failed setup is a failed test
+
+use std::path::Path;
+use std::process::Command;
+
+use trustgate_tests::{guests, policies};
+
+const CLI: &str = env!("CARGO_BIN_EXE_trustgate-cli");
+
+fn cli(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(CLI)
+        .current_dir(dir)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run the trustgate command line");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn plugin_test_reports_a_wrong_expectation_with_a_diff_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        policies::root().join("plugins/examples/cel-rules/config.toml"),
+        dir.path().join("config.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("cases.toml"),
+        r#"
+[[case]]
+name = "a prod worker is let through"
+identity = { subject = "system:serviceaccount:prod-a:runner", attributes = { namespace = "prod-a" } }
+expect = { decision = "allow" }
+
+[[case]]
+name = "a blocked network is wrongly expected to pass"
+remote_addr = "192.0.2.7:40000"
+identity = { subject = "system:serviceaccount:prod-a:runner", attributes = { namespace = "prod-a" } }
+expect = { decision = "allow", subject = "system:serviceaccount:prod-a:runner" }
+
+[[case]]
+name = "a wrong reason is a failure too"
+role = "operator"
+identity = { subject = "alice", groups = ["ops"] }
+expect = { decision = "deny", code = "forbidden", reason = "operator-needs-mfa" }
+"#,
+    )
+    .unwrap();
+    let (ok, out) = cli(
+        dir.path(),
+        &[
+            "plugin",
+            "test",
+            "--builtin",
+            "cel",
+            "--config",
+            "config.toml",
+            "--cases",
+            "cases.toml",
+        ],
+    );
+    assert!(!ok, "a failing case must fail the command:\n{out}");
+    assert!(out.contains("ok    a prod worker is let through"), "{out}");
+    assert!(
+        out.contains(
+            "FAIL  a blocked network is wrongly expected to pass\n      - expected: allow subject=system:serviceaccount:prod-a:runner\n      + actual:   deny code=forbidden reason=blocked-network"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "FAIL  a wrong reason is a failure too\n      - expected: deny code=forbidden reason=operator-needs-mfa\n      + actual:   deny code=forbidden reason=operator-needs-tls"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("1 of 3 cases passed, 2 failed"), "{out}");
+
+    // A case file with a typo is an error naming the file, not a silent pass.
+    std::fs::write(
+        dir.path().join("typo.toml"),
+        "[[case]]\nname = \"x\"\nexpct = { decision = \"allow\" }\n",
+    )
+    .unwrap();
+    let (ok, out) = cli(
+        dir.path(),
+        &[
+            "plugin",
+            "test",
+            "--builtin",
+            "cel",
+            "--config",
+            "config.toml",
+            "--cases",
+            "typo.toml",
+        ],
+    );
+    assert!(!ok);
+    assert!(out.contains("typo.toml") && out.contains("expct"), "{out}");
+}
+
+/// A gateway configuration: a plugin that accepts one token as a dev or a prod
+/// ServiceAccount (by auth method), then a CEL policy refusing dev.
+fn explain_config(dir: &Path) -> std::path::PathBuf {
+    let authn = |method: &str, namespace: &str| {
+        format!(
+            "[[auth.plugins]]\nname = \"authn-{namespace}\"\npath = {:?}\ncredentials = \"read\"\nconfig = {{ decision = \"allow\", method = \"{method}\", token = \"tok-explain-1\", subject = \"system:serviceaccount:{namespace}:runner\", roles = [\"worker\"], skip_pairing = true, attributes = {{ namespace = \"{namespace}\" }} }}\n",
+            guests::GUEST_SCRIPTED
+        )
+    };
+    let text = format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"state\"\n\n{}\n{}\n[[auth.plugins]]\nname = \"policy\"\nbuiltin = \"cel\"\n[[auth.plugins.config.rules]]\ndeny = 'identity.attributes.namespace == \"dev\"'\nreason = \"dev-is-not-production\"\n[[auth.plugins.config.rules]]\nallow = 'true'\n",
+        authn("prod", "prod"),
+        authn("dev", "dev"),
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    std::fs::write(dir.join("token"), "tok-explain-1\n").unwrap();
+    path
+}
+
+#[test]
+fn auth_explain_traces_an_allowed_and_a_refused_request() {
+    let dir = tempfile::tempdir().unwrap();
+    explain_config(dir.path());
+    let explain = |method: &str| {
+        cli(
+            dir.path(),
+            &[
+                "auth",
+                "explain",
+                "--config",
+                "gateway.toml",
+                "--role",
+                "worker",
+                "--token-file",
+                "token",
+                "--method",
+                method,
+                "--remote-addr",
+                "10.1.2.3",
+            ],
+        )
+    };
+
+    let (ok, out) = explain("prod");
+    assert!(ok, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.contains(&"chain:"), "{out}");
+    // authn-prod allows, authn-dev abstains (not its method), the policy permits.
+    let step = |n: usize, plugin: &str, verdict: &str| {
+        lines.iter().any(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words.len() >= 3
+                && words[0] == format!("{n}.")
+                && words[1] == plugin
+                && words[2] == verdict
+        })
+    };
+    assert!(step(1, "authn-prod", "allow"), "{out}");
+    assert!(step(2, "authn-dev", "abstain"), "{out}");
+    assert!(step(3, "policy", "permit"), "{out}");
+    assert!(
+        out.contains("subject: system:serviceaccount:prod:runner"),
+        "{out}"
+    );
+    assert!(
+        out.contains("outcome: hello-ok as `system:serviceaccount:prod:runner`"),
+        "{out}"
+    );
+
+    let (ok, out) = explain("dev");
+    assert!(ok, "explaining a refusal is a successful run:\n{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    let step = |n: usize, plugin: &str, verdict: &str| {
+        lines.iter().any(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words.len() >= 3
+                && words[0] == format!("{n}.")
+                && words[1] == plugin
+                && words[2] == verdict
+        })
+    };
+    assert!(step(1, "authn-prod", "abstain"), "{out}");
+    assert!(step(2, "authn-dev", "allow"), "{out}");
+    assert!(step(3, "policy", "deny"), "{out}");
+    assert!(out.contains("forbidden/dev-is-not-production"), "{out}");
+    assert!(
+        out.contains("subject: system:serviceaccount:dev:runner"),
+        "{out}"
+    );
+    assert!(
+        out.contains("outcome: FORBIDDEN (retryable: false), reason `dev-is-not-production`"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("tok-explain-1"),
+        "the token must not be printed:\n{out}"
+    );
+}

@@ -1,0 +1,264 @@
+//! Policies without Rust: the Python and JavaScript examples built from source with their
+//! SDKs and driven through a real gateway; the example case tables (Python, JavaScript, CEL)
+//! passing under `trustgate plugin test`; and a freshly scaffolded plugin of every language
+//! building with its own build script and passing its own cases.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // helpers of tests: a failed setup is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{Value, json};
+use trustgate_tests::client::{WsClient, connect_params};
+use trustgate_tests::{TestGateway, gateway, policies, scripted};
+
+const CLI: &str = env!("CARGO_BIN_EXE_trustgate-cli");
+
+fn example(name: &str) -> PathBuf {
+    policies::root().join("plugins/examples").join(name)
+}
+
+fn office_hours() -> PathBuf {
+    policies::python("office-hours-py", &example("office-hours-py"), "app")
+}
+
+fn namespace_cidr() -> PathBuf {
+    policies::javascript("namespace-cidr-js", &example("namespace-cidr-js"), "app.js")
+}
+
+/// Compiled components shared by every gateway of the suite, so each policy is compiled once.
+fn plugin_cache() -> String {
+    format!(
+        "[plugins]\ncache_dir = {:?}\n",
+        policies::target_dir()
+            .join("policy-builds/compiled")
+            .display()
+            .to_string()
+    )
+}
+
+fn plugin(name: &str, path: &Path, config: &str) -> String {
+    format!("[[auth.plugins]]\nname = \"{name}\"\npath = {path:?}\nconfig = {{ {config} }}\n")
+}
+
+async fn connect_worker(gw: &TestGateway, method: &str) -> Value {
+    let mut c = WsClient::open(&gw.url()).await;
+    c.connect(connect_params(
+        "worker",
+        Some(json!({"method": method, "token": "t"})),
+        None,
+    ))
+    .await
+}
+
+/// The current hour, UTC.
+fn hour_now() -> u64 {
+    trustgate_protocol::now_ms() / 3_600_000 % 24
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_policy_built_from_source_decides_through_a_real_gateway() {
+    let wasm = office_hours();
+    let reviewed = scripted(
+        "authn",
+        r#"decision = "allow", subject = "system:serviceaccount:prod-a:runner", roles = ["worker"], skip_pairing = true"#,
+    );
+    // A window from an hour ago to an hour ahead holds now even if the hour turns meanwhile.
+    let h = hour_now();
+    let open = plugin(
+        "office-hours",
+        &wasm,
+        &format!("from_hour = {}, to_hour = {}", (h + 23) % 24, (h + 1) % 24),
+    );
+    let gw = gateway(&plugin_cache(), &format!("{reviewed}\n{open}")).await;
+    let res = connect_worker(&gw, "test").await;
+    assert_eq!(res["ok"], true, "{res}");
+    assert_eq!(
+        res["payload"]["auth"]["subject"],
+        "system:serviceaccount:prod-a:runner"
+    );
+
+    // A window two to three hours ahead: the same worker is refused, with the policy's reason.
+    let closed = plugin(
+        "office-hours",
+        &wasm,
+        &format!("from_hour = {}, to_hour = {}", (h + 2) % 24, (h + 3) % 24),
+    );
+    let gw = gateway(&plugin_cache(), &format!("{reviewed}\n{closed}")).await;
+    let res = connect_worker(&gw, "test").await;
+    assert_eq!(res["ok"], false, "{res}");
+    assert_eq!(res["error"]["code"], "FORBIDDEN", "{res}");
+    assert_eq!(
+        res["error"]["details"]["reason"], "outside-office-hours",
+        "{res}"
+    );
+    assert_eq!(res["error"]["retryable"], false, "{res}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_javascript_policy_built_from_source_decides_through_a_real_gateway() {
+    let wasm = namespace_cidr();
+    // Two authenticators, picked by the client's auth method, establish workers in two
+    // namespaces; the JavaScript policy lets the prod one through from loopback only.
+    let prod = scripted(
+        "prod",
+        r#"decision = "allow", subject = "system:serviceaccount:prod-a:runner", roles = ["worker"], skip_pairing = true, attributes = { namespace = "prod-a" }, method = "prod""#,
+    );
+    let dev = scripted(
+        "dev",
+        r#"decision = "allow", subject = "system:serviceaccount:dev:runner", roles = ["worker"], skip_pairing = true, attributes = { namespace = "dev" }, method = "dev""#,
+    );
+    let policy = plugin(
+        "namespace-cidr",
+        &wasm,
+        r#"namespaces = ["prod-*"], cidrs = ["127.0.0.0/8", "::1/128"]"#,
+    );
+    let gw = gateway(&plugin_cache(), &format!("{prod}\n{dev}\n{policy}")).await;
+
+    let res = connect_worker(&gw, "prod").await;
+    assert_eq!(res["ok"], true, "{res}");
+    assert_eq!(
+        res["payload"]["auth"]["subject"],
+        "system:serviceaccount:prod-a:runner"
+    );
+
+    let res = connect_worker(&gw, "dev").await;
+    assert_eq!(res["ok"], false, "{res}");
+    assert_eq!(res["error"]["code"], "FORBIDDEN", "{res}");
+    assert_eq!(
+        res["error"]["details"]["reason"], "namespace-not-allowed",
+        "{res}"
+    );
+
+    // The same policy with only a network the test's loopback peer is not in.
+    let elsewhere = plugin(
+        "namespace-cidr",
+        &wasm,
+        r#"namespaces = ["prod-*"], cidrs = ["10.0.0.0/8"]"#,
+    );
+    let gw = gateway(&plugin_cache(), &format!("{prod}\n{elsewhere}")).await;
+    let res = connect_worker(&gw, "prod").await;
+    assert_eq!(res["ok"], false, "{res}");
+    assert_eq!(
+        res["error"]["details"]["reason"], "network-not-allowed",
+        "{res}"
+    );
+}
+
+/// `trustgate plugin test` with the given arguments, in `dir`: (success, stdout + stderr).
+fn plugin_test(dir: &Path, args: &[&str]) -> (bool, String) {
+    let cache = policies::target_dir().join("policy-builds/compiled");
+    let out = Command::new(CLI)
+        .current_dir(dir)
+        .args(["plugin", "test"])
+        .args(args)
+        .arg("--cache-dir")
+        .arg(cache)
+        .output()
+        .expect("run trustgate plugin test");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn passes_all(ok: bool, report: &str, expected_cases: usize) {
+    assert!(ok, "{report}");
+    assert!(
+        report.contains(&format!(
+            "{expected_cases} of {expected_cases} cases passed"
+        )),
+        "{report}"
+    );
+    assert!(!report.contains("FAIL"), "{report}");
+}
+
+#[test]
+fn the_example_policies_pass_their_own_case_tables() {
+    let py = office_hours();
+    let (ok, report) = plugin_test(
+        &example("office-hours-py"),
+        &[
+            py.to_str().unwrap(),
+            "--config",
+            "config.toml",
+            "--cases",
+            "cases.toml",
+        ],
+    );
+    passes_all(ok, &report, 4);
+
+    let js = namespace_cidr();
+    let (ok, report) = plugin_test(
+        &example("namespace-cidr-js"),
+        &[
+            js.to_str().unwrap(),
+            "--config",
+            "config.toml",
+            "--cases",
+            "cases.toml",
+        ],
+    );
+    passes_all(ok, &report, 5);
+
+    let (ok, report) = plugin_test(
+        &example("cel-rules"),
+        &[
+            "--builtin",
+            "cel",
+            "--config",
+            "config.toml",
+            "--cases",
+            "cases.toml",
+        ],
+    );
+    passes_all(ok, &report, 7);
+}
+
+/// Scaffolds `lang`, builds it with its own script and runs its own cases.
+fn scaffold_builds_and_passes(lang: &str) {
+    let parent = tempfile::tempdir().unwrap();
+    let name = format!("team-policy-{lang}");
+    let project = policies::scaffold(Path::new(CLI), &name, lang, parent.path());
+    for file in ["README.md", "cases.toml", "config.toml", "wit/auth.wit"] {
+        assert!(project.join(file).exists(), "{lang}: {file} missing");
+    }
+    let wasm = policies::build_scaffold(&project, lang);
+    let (ok, report) = plugin_test(
+        &project,
+        &[
+            wasm.to_str().unwrap(),
+            "--config",
+            "config.toml",
+            "--cases",
+            "cases.toml",
+        ],
+    );
+    passes_all(ok, &report, 3);
+
+    // The README's test command is the one just run.
+    let readme = std::fs::read_to_string(project.join("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!(
+            "trustgate plugin test {name}.wasm --config config.toml --cases cases.toml"
+        )),
+        "{readme}"
+    );
+}
+
+#[test]
+fn a_scaffolded_rust_plugin_builds_and_passes_its_cases() {
+    scaffold_builds_and_passes("rust");
+}
+
+#[test]
+fn a_scaffolded_python_plugin_builds_and_passes_its_cases() {
+    scaffold_builds_and_passes("python");
+}
+
+#[test]
+fn a_scaffolded_javascript_plugin_builds_and_passes_its_cases() {
+    scaffold_builds_and_passes("js");
+}

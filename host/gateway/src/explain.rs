@@ -98,7 +98,7 @@ pub async fn explain(config: &Config, input: &ExplainInput) -> Result<Explanatio
     let (chain, plugins) = config.load_chain(&runtime).await?;
     let state = GatewayState {
         limits: config.limits.clone(),
-        pairing: PairingStore::open(&config.pairing_store(), &config.pairing)?,
+        pairing: PairingStore::open_read_only(&config.pairing_store(), &config.pairing)?,
         sessions: Sessions::default(),
         connections: AtomicUsize::new(0),
         chain: RwLock::new(LoadedChain {

@@ -126,6 +126,8 @@ struct State {
 /// The pairing store.
 pub struct PairingStore {
     path: PathBuf,
+    /// Opened to look, not to change: nothing is created or written (`auth explain`).
+    read_only: bool,
     pending_ttl: Duration,
     state: Mutex<State>,
 }
@@ -145,6 +147,20 @@ fn token_hash(token: &str) -> String {
 impl PairingStore {
     /// Opens the store at `path` (an absent file is an empty store).
     pub fn open(path: &Path, settings: &PairingSettings) -> Result<Self, PairingError> {
+        Self::open_with(path, settings, false)
+    }
+
+    /// Opens the store at `path` to look only: no directory is created, and changes (pairing
+    /// requests, tokens) live in memory and are never written.
+    pub fn open_read_only(path: &Path, settings: &PairingSettings) -> Result<Self, PairingError> {
+        Self::open_with(path, settings, true)
+    }
+
+    fn open_with(
+        path: &Path,
+        settings: &PairingSettings,
+        read_only: bool,
+    ) -> Result<Self, PairingError> {
         let pending_ttl = Duration::from_millis(settings.pending_ttl_ms);
         let mut state = State::default();
         match std::fs::read(path) {
@@ -170,7 +186,8 @@ impl PairingStore {
                     .collect();
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if let Some(dir) = path.parent()
+                if !read_only
+                    && let Some(dir) = path.parent()
                     && !dir.as_os_str().is_empty()
                 {
                     std::fs::create_dir_all(dir).map_err(|source| PairingError::Io {
@@ -188,6 +205,7 @@ impl PairingStore {
         }
         Ok(Self {
             path: path.to_path_buf(),
+            read_only,
             pending_ttl,
             state: Mutex::new(state),
         })
@@ -200,6 +218,9 @@ impl PairingStore {
     }
 
     fn persist(&self, devices: &BTreeMap<String, DeviceRecord>) -> Result<(), PairingError> {
+        if self.read_only {
+            return Ok(());
+        }
         let file = StoreFile {
             version: STORE_VERSION,
             devices: devices.values().cloned().collect(),

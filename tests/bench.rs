@@ -427,6 +427,82 @@ fn load(out: &mut String) {
     writeln!(out).unwrap();
 }
 
+async fn languages(out: &mut String) {
+    writeln!(
+        out,
+        "### 6. Policies without Rust: one policy decision, per language\n\nEach policy lets a prod-a worker with an established identity through (a `permit`) after evaluating all its conditions; one instance, one thread.\n"
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "| policy | component | cold compile | cached load (median of 5) | memory per instance | per call (median) | goal per call | cached load ≤ 50 ms |"
+    )
+    .unwrap();
+    writeln!(out, "|---|---|---|---|---|---|---|---|").unwrap();
+    for (name, bytes, config) in bench::example_policies() {
+        let r = bench::policy_costs(name, &bytes, config, 5, 21, 500).await;
+        let goal_us = match name.split(':').next().unwrap_or("") {
+            "CEL" => Some(5.0),
+            "Python" => Some(10.0),
+            "JavaScript" => Some(60.0),
+            _ => None,
+        };
+        let goal = match goal_us {
+            Some(g) => format!("≤ {g} µs: {}", verdict(r.per_call_ns <= g * 1000.0)),
+            None => "(reference)".into(),
+        };
+        writeln!(
+            out,
+            "| {name} | {:.1} MiB | {} | {} | {:.1} MiB | {} | {goal} | {} |",
+            r.size as f64 / (1024.0 * 1024.0),
+            ms(r.cold),
+            ms(r.cached_load),
+            r.memory as f64 / (1024.0 * 1024.0),
+            us(r.per_call_ns),
+            verdict(r.cached_load <= Duration::from_millis(50)),
+        )
+        .unwrap();
+    }
+    writeln!(out).unwrap();
+}
+
+async fn profile_load(which: &str, runs: usize) {
+    let (name, bytes, config) = bench::example_policies()
+        .into_iter()
+        .find(|(n, _, _)| n.to_lowercase().starts_with(which))
+        .expect("python, javascript, cel or rust");
+    let r = bench::policy_costs(name, &bytes, config.clone(), runs, 1, 1).await;
+    println!("{name}: cached load {:?} (median of {runs})", r.cached_load);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = trustgate_runtime::RuntimeSettings {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let services: Arc<dyn trustgate_runtime::HostServices> =
+        Arc::new(trustgate_runtime::NoServices::default());
+    trustgate_runtime::Runtime::new(settings.clone(), services.clone())
+        .unwrap()
+        .compile(name, &bytes)
+        .unwrap();
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let _ = trustgate_runtime::sha256_hex(&bytes);
+        let hash = t.elapsed();
+        let rt = trustgate_runtime::Runtime::new(settings.clone(), services.clone()).unwrap();
+        let t = std::time::Instant::now();
+        let c = rt.compile(name, &bytes).unwrap();
+        let compile = t.elapsed();
+        let t = std::time::Instant::now();
+        rt.instantiate(name, &c, &config, Default::default())
+            .await
+            .unwrap();
+        let inst = t.elapsed();
+        println!(
+            "source sha256 {hash:?}, compile (cache hit) {compile:?}, instantiate+configure {inst:?}"
+        );
+    }
+}
+
 async fn idle_gateway(config: &str) {
     let config =
         trustgate_gateway::config::Config::from_file(std::path::Path::new(config)).unwrap();
@@ -640,6 +716,13 @@ fn main() {
         rt.block_on(micro());
         return;
     }
+    if args.first().map(String::as_str) == Some("profile-load") {
+        // For `perf record`: cached loads of one example policy (`python`, `js`, `cel`).
+        let which = args.get(1).cloned().unwrap_or_else(|| "python".into());
+        let runs = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20);
+        rt.block_on(profile_load(&which, runs));
+        return;
+    }
     if args.first().map(String::as_str) == Some("profile-decision") {
         // For `perf record`: the contract-0.2 chain, one thread, for the given seconds.
         let secs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
@@ -671,6 +754,9 @@ fn main() {
         }
         if matches!(which.as_str(), "all" | "idle") {
             idle(&mut out, sessions).await;
+        }
+        if matches!(which.as_str(), "all" | "languages") {
+            languages(&mut out).await;
         }
     });
     if matches!(which.as_str(), "all" | "load") {

@@ -100,3 +100,14 @@ async fn idle_smoke_every_session_keeps_ticking() {
         assert!(second["seq"].as_u64() > first["seq"].as_u64());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_language_row_measures_a_permit() {
+    // Each policy must let the benchmark's request through; policy_costs asserts every call.
+    for (name, bytes, config) in bench::example_policies() {
+        let r = bench::policy_costs(name, &bytes, config, 1, 2, 5).await;
+        assert_eq!(r.calls, 11, "{name}");
+        assert!(r.memory > 0, "{name}: an instance holds memory");
+        assert!(r.size == bytes.len());
+    }
+}

@@ -75,7 +75,7 @@ export function log(level, message) {
   hostLog(level, message);
 }
 
-export { glob, inCidr } from "./util.js";
+export { glob, inCidr, globMatcher, cidrMatcher } from "./util.js";
 
 /** The credentials the peer presented, as an opaque handle. */
 class Credentials {

@@ -540,3 +540,177 @@ pub fn proc_cpu_ticks(pid: u32) -> u64 {
     f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
         + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
+
+// === Policies in other languages ===
+
+/// What one policy costs: its load, its memory, its calls.
+#[derive(Debug)]
+pub struct PolicyReport {
+    /// Component size in bytes.
+    pub size: usize,
+    /// Compiling it with no cache.
+    pub cold: Duration,
+    /// Loading it from a warm on-disk cache in a fresh runtime: compile-cache hit,
+    /// instantiation and `configure` (median).
+    pub cached_load: Duration,
+    /// Linear memory of one configured instance after a call, in bytes.
+    pub memory: usize,
+    /// One `authenticate` call (median of batches), in nanoseconds.
+    pub per_call_ns: f64,
+    /// Calls made.
+    pub calls: u64,
+}
+
+/// The request every policy row decides on: a worker from the cluster network, with a
+/// ServiceAccount of `prod-a` established by an earlier plugin. Every example policy lets it
+/// through (a `permit`), after evaluating all its conditions.
+pub fn policy_call() -> Call {
+    let request = Arc::new(Request {
+        peer: trustgate_runtime::Peer {
+            remote_addr: "10.1.2.3:40000".into(),
+            tls: true,
+            client_id: "bench".into(),
+            client_version: "1.0.0".into(),
+            conn_id: "c-bench".into(),
+            ..Default::default()
+        },
+        role: "worker".into(),
+        ..worker_request("unused").as_ref().clone()
+    });
+    let identity = Identity {
+        subject: "system:serviceaccount:prod-a:runner".into(),
+        method: "k8s-sa-trust".into(),
+        groups: vec!["system:serviceaccounts".into()],
+        attributes: vec![
+            ("namespace".into(), "prod-a".into()),
+            ("service-account".into(), "runner".into()),
+        ],
+        roles: vec!["worker".into()],
+        scopes: vec![],
+        expires_at_ms: None,
+        skip_pairing: true,
+    };
+    Call {
+        request,
+        so_far: Some(Arc::new(identity)),
+        cache: CachePolicy::Use,
+        witness: Default::default(),
+    }
+}
+
+/// Measures a policy component with its configuration: cold compile, cached load
+/// (`loads` fresh runtimes), memory per instance, and `batches` × `batch` calls.
+pub async fn policy_costs(
+    name: &str,
+    bytes: &[u8],
+    config: serde_json::Value,
+    loads: usize,
+    batches: usize,
+    batch: usize,
+) -> PolicyReport {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = RuntimeSettings {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..RuntimeSettings::default()
+    };
+    let services: Arc<dyn trustgate_runtime::HostServices> =
+        Arc::new(trustgate_runtime::NoServices::default());
+    let t = Instant::now();
+    let compiled = Runtime::new(settings.clone(), services.clone())
+        .expect("runtime")
+        .compile(name, bytes)
+        .expect("compile");
+    let cold = t.elapsed();
+    assert_eq!(compiled.cache(), trustgate_runtime::CacheOutcome::Miss);
+    let spec = PluginSpec {
+        name: name.into(),
+        source: PluginSource::bytes(name.to_string(), bytes.to_vec()),
+        config,
+        grants: Grants::default(),
+    };
+    let mut times = Vec::with_capacity(loads);
+    let mut last = None;
+    for _ in 0..loads.max(1) {
+        let rt = Runtime::new(settings.clone(), services.clone()).expect("runtime");
+        let t = Instant::now();
+        let plugin = rt.load(&spec).await.expect("load");
+        times.push(t.elapsed());
+        last = Some(plugin);
+    }
+    times.sort();
+    let plugin = last.expect("one load");
+    let call = policy_call();
+    let decision = plugin.authenticate(&call).await;
+    assert!(
+        matches!(decision, Ok(Decision::Permit(_))),
+        "{name} must let the benchmark request through: {decision:?}"
+    );
+    let memory = plugin.runtime_memory_bytes();
+    let mut per = Vec::with_capacity(batches);
+    let mut calls = 1;
+    for _ in 0..batches {
+        let t = Instant::now();
+        for _ in 0..batch {
+            let d = plugin.authenticate(&call).await;
+            assert!(matches!(d, Ok(Decision::Permit(_))), "{name}: {d:?}");
+            calls += 1;
+        }
+        per.push(t.elapsed().as_nanos() as f64 / batch as f64);
+    }
+    per.sort_by(|a, b| a.total_cmp(b));
+    PolicyReport {
+        size: bytes.len(),
+        cold,
+        cached_load: times[times.len() / 2],
+        memory,
+        per_call_ns: per[per.len() / 2],
+        calls,
+    }
+}
+
+/// The example policies (`plugins/examples/`) with configurations that let [`policy_call`]
+/// through, and the allowlist built-in as the Rust reference: (row name, component,
+/// configuration). Builds the Python and JavaScript components if needed.
+pub fn example_policies() -> Vec<(&'static str, Vec<u8>, serde_json::Value)> {
+    let root = crate::policies::root();
+    let examples = root.join("plugins/examples");
+    let cel_config: toml::Table = toml::from_str(
+        &std::fs::read_to_string(examples.join("cel-rules/config.toml")).expect("cel config"),
+    )
+    .expect("cel config TOML");
+    let cel_config = serde_json::to_value(cel_config).expect("cel config as JSON");
+    let python =
+        crate::policies::python("office-hours-py", &examples.join("office-hours-py"), "app");
+    let js = crate::policies::javascript(
+        "namespace-cidr-js",
+        &examples.join("namespace-cidr-js"),
+        "app.js",
+    );
+    vec![
+        (
+            "Rust: allowlist built-in (2 rules)",
+            trustgate_builtins::builtin("allowlist")
+                .expect("allowlist")
+                .to_vec(),
+            json!({"rules": [
+                {"effect": "deny", "cidr": "192.0.2.0/24"},
+                {"namespace": "prod-*", "roles": ["worker"]},
+            ]}),
+        ),
+        (
+            "CEL: cel built-in, 5 rules (plugins/examples/cel-rules)",
+            trustgate_builtins::builtin("cel").expect("cel").to_vec(),
+            cel_config,
+        ),
+        (
+            "Python: office-hours-py",
+            std::fs::read(python).expect("python component"),
+            json!({"from_hour": 0, "to_hour": 23}),
+        ),
+        (
+            "JavaScript: namespace-cidr-js",
+            std::fs::read(js).expect("js component"),
+            json!({"namespaces": ["prod-*"], "cidrs": ["10.0.0.0/8"]}),
+        ),
+    ]
+}

@@ -1,7 +1,7 @@
 // node --test plugins/sdk-js/test/
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { glob, inCidr } from "../util.js";
+import { glob, inCidr, globMatcher, cidrMatcher } from "../util.js";
 
 test("inCidr matches IPv4 and IPv6 networks and nothing malformed", () => {
   const cases = [
@@ -41,4 +41,18 @@ test("glob: * any run, ? one character, everything else literal", () => {
   assert.ok(glob("a.b", "a.b"));
   assert.ok(!glob("a.b", "axb"), "a dot is not a regex wildcard");
   assert.ok(glob("(x)+", "(x)+"));
+});
+
+test("matchers compiled once agree with glob and inCidr", () => {
+  const g = globMatcher(["prod-*", "stag?"]);
+  for (const t of ["prod-a", "stage", "dev", "a.b", "prod-"]) {
+    assert.equal(g(t), glob("prod-*", t) || glob("stag?", t), t);
+  }
+  const nets = ["10.0.0.0/8", "fd00::/8", "192.0.2.1"];
+  const c = cidrMatcher(nets);
+  for (const ip of ["10.9.9.9", "11.0.0.1", "fd00::5", "fe80::1", "192.0.2.1", "192.0.2.2", "bad", undefined]) {
+    assert.equal(c(ip), nets.some((n) => inCidr(ip, n)), String(ip));
+  }
+  assert.throws(() => cidrMatcher(["10.0.0.300/8"]), /not a network/);
+  assert.throws(() => cidrMatcher(["10.0.0.0/40"]), /too long/);
 });

@@ -209,3 +209,88 @@ fn auth_explain_traces_an_allowed_and_a_refused_request() {
         "the token must not be printed:\n{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_sessions_with_1012_and_exits_within_the_drain_time() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"state\"\ndrain_timeout_ms = 5000\n[admin]\nlisten = \"127.0.0.1:0\"\n[audit]\noutput = \"off\"\n{}",
+            trustgate_tests::scripted(
+                "authn",
+                r#"decision = "allow", subject = "w", roles = ["worker"], skip_pairing = true"#
+            )
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(CLI)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("TRUSTGATE_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut stderr = String::new();
+    let url = loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("serve prints its address");
+        stderr.push_str(&line);
+        stderr.push('\n');
+        if let Some(rest) = line.split("serving ws://").nth(1) {
+            break format!("ws://{}", rest.split_whitespace().next().unwrap());
+        }
+    };
+    let mut worker = trustgate_tests::client::WsClient::open(&url).await;
+    let res = worker
+        .connect(trustgate_tests::client::connect_params(
+            "worker",
+            Some(serde_json::json!({"method": "token"})),
+            None,
+        ))
+        .await;
+    assert_eq!(res["ok"], true, "{res}");
+
+    let pid = child.id().unwrap().to_string();
+    let started = std::time::Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (code, reason) = worker.closed().await;
+    assert_eq!(code, 1012, "{reason}");
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "a drained gateway exits without waiting out the drain time"
+    );
+    while let Ok(Some(line)) = lines.next_line().await {
+        stderr.push_str(&line);
+        stderr.push('\n');
+    }
+    assert!(stderr.contains("drained"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no terminal escape codes when stderr is not a terminal:\n{stderr:?}"
+    );
+    // Nobody is listening any more.
+    assert!(
+        tokio::net::TcpStream::connect(url.trim_start_matches("ws://"))
+            .await
+            .is_err()
+    );
+}

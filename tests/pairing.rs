@@ -150,7 +150,7 @@ async fn approval_through_the_admin_api_needs_the_token() {
             .await
             .unwrap()
             .status(),
-        403
+        401
     );
     let ok = http
         .post(&url)

@@ -343,12 +343,20 @@ async fn roles_and_scopes_beyond_the_identity_are_forbidden() {
 #[tokio::test]
 async fn the_connection_limit_answers_rate_limited() {
     let gw = open_gateway("[limits]\nmax_connections = 1\n").await;
-    let _first = WsClient::open(&gw.url()).await;
+    // An unauthenticated socket does not count against session capacity ...
+    let _idle = WsClient::open(&gw.url()).await;
+    let mut first = WsClient::open(&gw.url()).await;
+    let res = first
+        .connect(connect_params("worker", Some(good_auth()), None))
+        .await;
+    assert_eq!(res["ok"], true, "{res}");
+    // ... a session does.
     let mut second = WsClient::open(&gw.url()).await;
     let res = second
         .connect(connect_params("worker", Some(good_auth()), None))
         .await;
     assert_error(&res, "RATE_LIMITED");
+    assert_eq!(res["error"]["details"]["reason"], "gateway-full");
     assert!(res["error"]["retryAfterMs"].as_u64().is_some());
     assert_eq!(second.closed().await.0, 1013);
 }

@@ -237,3 +237,115 @@ async fn host_token_review_without_kubernetes_is_a_clear_not_configured() {
         other => panic!("expected deny, got {other:?}"),
     }
 }
+
+/// Settings for the bound tests: instances big enough for the `hold` guest (60 MiB).
+fn bounded(max_instances: usize, budget_mib: u64) -> trustgate_runtime::RuntimeSettings {
+    trustgate_runtime::RuntimeSettings {
+        memory_mib: 80,
+        memory_budget_mib: budget_mib,
+        max_instances,
+        instance_wait_ms: 100,
+        ..limits(2_000)
+    }
+}
+
+/// Runs `n` overlapping calls; returns (successes, busy failures, other failures) and the most
+/// memory the runtime held while they ran.
+async fn overlapping(plugin: Arc<WasmPlugin>, n: usize) -> (usize, usize, usize, usize) {
+    let watcher = plugin.clone();
+    let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let peak_w = peak.clone();
+    let done = Arc::new(tokio::sync::Notify::new());
+    let done_w = done.clone();
+    let watch = tokio::spawn(async move {
+        loop {
+            peak_w.fetch_max(watcher.runtime_memory_bytes(), Ordering::Relaxed);
+            tokio::select! {
+                _ = done_w.notified() => return,
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+    });
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let p = plugin.clone();
+            tokio::spawn(async move { p.authenticate(&call(&request("test", None), None)).await })
+        })
+        .collect();
+    let (mut ok, mut busy, mut other) = (0, 0, 0);
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(PluginFailure::Busy) => busy += 1,
+            Err(_) => other += 1,
+        }
+    }
+    done.notify_one();
+    watch.await.unwrap();
+    let peak = peak
+        .load(Ordering::Relaxed)
+        .max(plugin.runtime_memory_bytes());
+    (ok, busy, other, peak)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_instances_are_capped_and_a_call_beyond_waits_then_is_busy() {
+    // Each instance holds 60 MiB and every call takes ~200 ms: 16 overlapping handshakes
+    // once grew an instance each (past 6 GiB at 200). Now at most 2 exist.
+    let rt = runtime(bounded(2, 2_048));
+    let plugin = Arc::new(hostile(&rt, "hold").await);
+    let (ok, busy, other, peak) = overlapping(plugin.clone(), 16).await;
+    assert_eq!(other, 0);
+    assert!(ok >= 2, "calls that got an instance succeed ({ok})");
+    assert!(
+        busy > 0,
+        "calls past the cap and the wait are busy ({busy})"
+    );
+    assert_eq!(ok + busy, 16);
+    let per_instance = 81 << 20;
+    assert!(
+        peak <= 2 * per_instance,
+        "at most two instances' memory: {} MiB",
+        peak >> 20
+    );
+    assert_eq!(PluginFailure::Busy.cause(), "busy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_wide_memory_budget_holds_across_instances() {
+    // A budget of 150 MiB fits two 60 MiB hoards, not three, whatever the instance cap.
+    let rt = runtime(bounded(16, 150));
+    let plugin = Arc::new(hostile(&rt, "hold").await);
+    let (ok, busy, other, peak) = overlapping(plugin, 8).await;
+    assert!(ok >= 1, "{ok}");
+    assert!(busy + other > 0, "growth past the budget fails the call");
+    assert!(
+        peak <= 150 << 20,
+        "the runtime never held more than its budget: {} MiB",
+        peak >> 20
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_blocked_in_a_wasi_clock_is_cut_off_at_the_call_bound() {
+    // Sleeping in WASI costs no CPU, so the CPU deadline cannot see it; the wall-clock bound
+    // of the call (call_timeout_ms) does: ~300 ms here, never the guest's minute.
+    let settings = trustgate_runtime::RuntimeSettings {
+        deadline_ms: 50,
+        host_call_timeout_ms: 250,
+        call_timeout_ms: 300,
+        ..limits(50)
+    };
+    let rt = runtime(settings);
+    let sleeper = hostile(&rt, "sleep").await;
+    let started = Instant::now();
+    let err = sleeper
+        .authenticate(&call(&request("test", None), None))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err, PluginFailure::Timeout);
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(took < Duration::from_secs(2), "held for {took:?}");
+    assert_allows(&hostile(&rt, "ok").await).await;
+}

@@ -59,6 +59,37 @@ impl WsClient {
         c
     }
 
+    /// Like [`WsClient::open`], from the loopback address `local` (e.g. `127.0.0.2`), so a
+    /// test can play several client addresses.
+    pub async fn open_from(url: &str, local: std::net::IpAddr) -> Self {
+        let stream = tcp_from(url, local).await;
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .expect("ws upgrade");
+        let mut c = Self {
+            ws,
+            nonce: String::new(),
+        };
+        match c.recv().await {
+            Incoming::Frame(f) => {
+                c.nonce = f["payload"]["nonce"].as_str().expect("nonce").to_string();
+            }
+            other => panic!("expected the challenge, got {other:?}"),
+        }
+        c
+    }
+
+    /// Sends a text frame with arbitrary bytes as its payload (e.g. invalid UTF-8).
+    pub async fn send_raw_text(&mut self, bytes: Vec<u8>) {
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        let frame = Frame::message(bytes, OpCode::Data(Data::Text), true);
+        self.ws
+            .send(Message::Frame(frame))
+            .await
+            .expect("send raw frame");
+    }
+
     /// Closes the connection cleanly.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
@@ -174,4 +205,22 @@ pub fn connect_params(
             serde_json::to_value(key.prove("test-client", r, &[], nonce, now_ms())).expect("proof");
     }
     p
+}
+
+/// A TCP connection to the host of `ws://host:port` from the local address `local`.
+pub async fn tcp_from(url: &str, local: std::net::IpAddr) -> TcpStream {
+    let addr: std::net::SocketAddr = url
+        .trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("ws://ip:port");
+    let socket = match local {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .expect("socket");
+    socket
+        .bind(std::net::SocketAddr::new(local, 0))
+        .expect("bind local address");
+    socket.connect(addr).await.expect("tcp connect")
 }

@@ -19,7 +19,7 @@ use trustgate_runtime::{
 
 use crate::GatewayState;
 use crate::connection::deny_code;
-use crate::pairing_store::DeviceRecord;
+use crate::pairing_store::{DeviceRecord, PairingError};
 
 /// Everything `connect` (or `reauth`) presented, with the device proof already verified.
 pub(crate) struct Attempt<'a> {
@@ -157,14 +157,49 @@ fn file_pairing_request(
     attempt: &Attempt<'_>,
     needed: PairingRequired,
 ) -> Refusal {
-    let pending = state.pairing.request(
+    let pending = match state.pairing.request(
         &needed.device_id,
         &needed.public_key,
         attempt.role,
         attempt.scopes,
         &attempt.client.id,
         &attempt.remote.to_string(),
-    );
+    ) {
+        Ok(p) => p,
+        Err(PairingError::TooManyPending {
+            per_address,
+            retry_after_ms,
+        }) => {
+            return Refusal {
+                error: Box::new(
+                    ErrorBody::new(
+                        ErrorCode::RateLimited,
+                        "too many pairing requests are waiting for an operator; try again later",
+                    )
+                    .with_retry_after(Some(retry_after_ms))
+                    .with_details(json!({"reason": "too-many-pairing-requests"})),
+                ),
+                cause: format!(
+                    "pairing request of device {} refused: the {} cap on pending requests is reached",
+                    needed.device_id,
+                    if per_address { "per-address" } else { "total" }
+                ),
+                plugin: None,
+                trace: needed.trace,
+            };
+        }
+        Err(e) => {
+            return Refusal {
+                error: Box::new(
+                    ErrorBody::new(ErrorCode::Unavailable, "the pairing store is unavailable")
+                        .with_details(json!({"reason": "pairing-store-unavailable"})),
+                ),
+                cause: format!("pairing request of device {}: {e}", needed.device_id),
+                plugin: None,
+                trace: needed.trace,
+            };
+        }
+    };
     Refusal {
         error: Box::new(
             ErrorBody::new(ErrorCode::NotPaired, needed.message).with_details(json!({
@@ -406,7 +441,7 @@ async fn decide(
                 _ => Refusal::new(
                     ErrorCode::Unauthenticated,
                     "credentials-not-accepted",
-                    format!("no auth plugin accepted credentials of method `{method}`"),
+                    "no auth plugin accepted the credentials of this `auth.method`",
                 )
                 .into(),
             });
@@ -426,11 +461,19 @@ async fn decide(
         )
         .into());
     }
-    if let Some(s) = attempt.scopes.iter().find(|s| !identity.scopes.contains(s)) {
+    if let Some(i) = attempt
+        .scopes
+        .iter()
+        .position(|s| !identity.scopes.contains(s))
+    {
+        // The scope is the client's text: named by its position, not echoed.
         return Err(Refusal::new(
             ErrorCode::Forbidden,
             "scope-not-allowed",
-            format!("`{}` may not hold scope `{s}`", identity.subject),
+            format!(
+                "`{}` may not hold the scope at `params.scopes[{i}]`",
+                identity.subject
+            ),
         )
         .into());
     }

@@ -101,6 +101,7 @@ pub async fn explain(config: &Config, input: &ExplainInput) -> Result<Explanatio
         pairing: PairingStore::open_read_only(&config.pairing_store(), &config.pairing)?,
         sessions: Sessions::default(),
         connections: AtomicUsize::new(0),
+        preauth: Arc::new(crate::preauth::PreAuth::new(&config.limits)),
         chain: RwLock::new(LoadedChain {
             chain: Arc::new(chain),
             plugins,

@@ -22,6 +22,7 @@ mod limits;
 mod listener;
 pub mod metrics;
 pub mod pairing_store;
+mod preauth;
 pub mod registry;
 mod reload;
 pub mod tls;
@@ -66,6 +67,8 @@ pub struct GatewayState {
     pub(crate) pairing: PairingStore,
     pub(crate) sessions: Sessions,
     pub(crate) connections: AtomicUsize,
+    /// What unauthenticated peers may spend (sockets, failed handshakes).
+    pub(crate) preauth: Arc<preauth::PreAuth>,
     chain: RwLock<LoadedChain>,
     admin_token: String,
     pub(crate) metrics: Metrics,
@@ -205,6 +208,39 @@ impl Running {
         while self.tasks.join_next().await.is_some() {}
     }
 
+    /// A graceful stop (SIGTERM): stops accepting, closes every session with 1012 (service
+    /// restart) so peers reconnect — to another replica — and waits up to `drain` for them to
+    /// go. Returns how many sessions were still open when the time ran out.
+    pub async fn drain(mut self, drain: std::time::Duration) -> usize {
+        let _ = self.stop.send(true);
+        let closing = self.state.sessions.close_where(
+            trustgate_protocol::CloseCode::SERVICE_RESTART,
+            "service restart",
+            |_| true,
+        );
+        info!(
+            sessions = closing,
+            drain_ms = drain.as_millis() as u64,
+            "draining"
+        );
+        let left = self
+            .state
+            .sessions
+            .drained(tokio::time::Instant::now() + drain)
+            .await;
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        if left > 0 {
+            tracing::warn!(
+                sessions = left,
+                "drain time over; exiting with sessions open"
+            );
+        } else {
+            info!("drained");
+        }
+        left
+    }
+
     /// Waits until the listeners stop (they stop only on [`Running::shutdown`] or an error).
     pub async fn wait(mut self) {
         while self.tasks.join_next().await.is_some() {}
@@ -264,6 +300,7 @@ async fn start_inner(
         pairing,
         sessions: Sessions::default(),
         connections: AtomicUsize::new(0),
+        preauth: Arc::new(preauth::PreAuth::new(&config.limits)),
         chain: RwLock::new(LoadedChain {
             chain: Arc::new(chain),
             plugins,

@@ -1,5 +1,6 @@
 //! `[limits]`: the protocol limits every connection runs under (message size, handshake and
-//! invoke timeouts, tick and re-validation intervals, connection count). The plugin sandbox's
+//! invoke timeouts, tick and re-validation intervals, session capacity) and the pre-auth
+//! budget (`preauth.rs`). The plugin sandbox's
 //! limits are the runtime's (`trustgate_runtime::RuntimeSettings`), not these.
 
 use std::time::Duration;
@@ -12,10 +13,22 @@ use serde::Deserialize;
 pub struct ProtocolLimits {
     /// Largest WebSocket message accepted, in bytes.
     pub max_payload: usize,
-    /// How long a client has to send `connect`, in milliseconds.
+    /// One deadline from TCP accept to `hello-ok` — TLS, the upgrade, `connect` and the
+    /// decision — in milliseconds.
     pub handshake_timeout_ms: u64,
-    /// Concurrent connections beyond which `connect` is answered `RATE_LIMITED`.
+    /// Concurrent sessions (peers past `hello-ok`) beyond which `connect` is answered
+    /// `RATE_LIMITED` (`gateway-full`). Unauthenticated sockets do not count here.
     pub max_connections: usize,
+    /// Concurrent unauthenticated sockets (accepted, not yet past `hello-ok`); beyond it new
+    /// sockets are closed at accept.
+    pub max_unauthenticated: usize,
+    /// Concurrent unauthenticated sockets per client address (IPv6: per /64).
+    pub max_unauthenticated_per_address: usize,
+    /// Failed handshakes an address may make per second, on average; beyond its burst a
+    /// `connect` is answered `RATE_LIMITED` with `retryAfterMs` before any plugin runs.
+    pub failed_handshakes_per_second: u32,
+    /// Failed handshakes an address may make in a burst.
+    pub failed_handshake_burst: u32,
     /// Interval of `tick` events, in milliseconds.
     pub tick_interval_ms: u64,
     /// How long an operator's `worker.invoke` waits for the worker's result, in milliseconds.
@@ -31,6 +44,10 @@ impl Default for ProtocolLimits {
             max_payload: 1 << 20,
             handshake_timeout_ms: 10_000,
             max_connections: 10_000,
+            max_unauthenticated: 2_048,
+            max_unauthenticated_per_address: 32,
+            failed_handshakes_per_second: 2,
+            failed_handshake_burst: 20,
             tick_interval_ms: 15_000,
             invoke_timeout_ms: 30_000,
             revalidate_interval_ms: 300_000,
@@ -45,6 +62,22 @@ impl ProtocolLimits {
             ("max_payload", self.max_payload as u64, 1024),
             ("handshake_timeout_ms", self.handshake_timeout_ms, 1),
             ("max_connections", self.max_connections as u64, 1),
+            ("max_unauthenticated", self.max_unauthenticated as u64, 1),
+            (
+                "max_unauthenticated_per_address",
+                self.max_unauthenticated_per_address as u64,
+                1,
+            ),
+            (
+                "failed_handshakes_per_second",
+                u64::from(self.failed_handshakes_per_second),
+                1,
+            ),
+            (
+                "failed_handshake_burst",
+                u64::from(self.failed_handshake_burst),
+                1,
+            ),
             ("tick_interval_ms", self.tick_interval_ms, 10),
             ("invoke_timeout_ms", self.invoke_timeout_ms, 1),
             ("revalidate_interval_ms", self.revalidate_interval_ms, 10),
@@ -52,6 +85,15 @@ impl ProtocolLimits {
             if value < min {
                 return Err((key, format!("must be at least {min}, got {value}")));
             }
+        }
+        if self.max_unauthenticated_per_address > self.max_unauthenticated {
+            return Err((
+                "max_unauthenticated_per_address",
+                format!(
+                    "must not exceed max_unauthenticated ({}), got {}",
+                    self.max_unauthenticated, self.max_unauthenticated_per_address
+                ),
+            ));
         }
         Ok(())
     }

@@ -24,6 +24,9 @@ pub struct ListenerSettings {
     pub state_dir: PathBuf,
     /// TLS for the WebSocket listener (plain WebSocket without it).
     pub tls: Option<TlsSettings>,
+    /// On SIGTERM: how long live sessions get to go (they are closed with 1012, service
+    /// restart, so workers reconnect elsewhere) before the process exits anyway, in ms.
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for ListenerSettings {
@@ -32,6 +35,7 @@ impl Default for ListenerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             state_dir: PathBuf::from("trustgate-state"),
             tls: None,
+            drain_timeout_ms: 10_000,
         }
     }
 }
@@ -65,22 +69,36 @@ pub(crate) async fn accept_loop(
             },
             _ = stop.changed() => return,
         };
+        // The pre-auth budget is checked before anything else costs: a socket over it is
+        // closed now, before TLS or the upgrade.
+        let admission = match state.preauth.admit(remote.ip()) {
+            Ok(a) => a,
+            Err(refused) => {
+                state.metrics.record_preauth_refused(refused.as_str());
+                debug!(peer = %remote, reason = refused.as_str(), "socket refused by the pre-auth budget");
+                drop(stream);
+                continue;
+            }
+        };
+        // One deadline from here to hello-ok: TLS, the upgrade, connect and the decision.
+        let deadline = tokio::time::Instant::now() + state.limits.handshake_timeout();
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let pre = connection::PreAuth {
+            admission,
+            deadline,
+        };
         match &acceptor {
             None => {
-                tokio::spawn(connection::serve(state, stream, remote, false));
+                tokio::spawn(connection::serve(state, stream, remote, false, pre));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let handshake = tokio::time::timeout(
-                        state.limits.handshake_timeout(),
-                        acceptor.accept(stream),
-                    )
-                    .await;
+                    let handshake =
+                        tokio::time::timeout_at(pre.deadline, acceptor.accept(stream)).await;
                     match handshake {
-                        Ok(Ok(tls)) => connection::serve(state, tls, remote, true).await,
+                        Ok(Ok(tls)) => connection::serve(state, tls, remote, true, pre).await,
                         Ok(Err(e)) => debug!(peer = %remote, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(peer = %remote, "TLS handshake timed out"),
                     }

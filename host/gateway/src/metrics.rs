@@ -39,6 +39,7 @@ pub struct Metrics {
     plugin_seconds: Family<Labels, Histogram>,
     plugin_failures: Family<Labels, Counter>,
     config_reloads: Family<Labels, Counter>,
+    preauth_refused: Family<Labels, Counter>,
     methods: Mutex<HashSet<String>>,
 }
 
@@ -102,7 +103,14 @@ impl Metrics {
             "Configuration reloads by result (ok, error)",
             config_reloads.clone(),
         );
+        let preauth_refused = Family::<Labels, Counter>::default();
+        registry.register(
+            "preauth_refused",
+            "Sockets closed at accept by the pre-auth budget, by reason (total, per-address, tracking)",
+            preauth_refused.clone(),
+        );
         Self {
+            preauth_refused,
             registry: Mutex::new(registry),
             auth_decisions,
             handshakes,
@@ -199,6 +207,13 @@ impl Metrics {
         }
     }
 
+    /// Counts a socket refused at accept by the pre-auth budget.
+    pub(crate) fn record_preauth_refused(&self, reason: &str) {
+        self.preauth_refused
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc();
+    }
+
     /// The text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -270,6 +285,14 @@ impl Collector for StateCollector {
                 g.metric_type(),
             )?;
             g.encode(m)?;
+            let open = ConstGauge::new(state.preauth.open() as i64);
+            let m = encoder.encode_descriptor(
+                "unauthenticated_sockets",
+                "Sockets accepted and not yet past hello-ok (the pre-auth budget in use)",
+                None,
+                open.metric_type(),
+            )?;
+            open.encode(m)?;
             let pending = ConstGauge::new(state.pairing.pending().len() as i64);
             let m = encoder.encode_descriptor(
                 "pairing_pending",

@@ -24,6 +24,11 @@ pub struct PairingSettings {
     pub store: Option<PathBuf>,
     /// How long a pending pairing request waits for an operator, in milliseconds.
     pub pending_ttl_ms: u64,
+    /// Pending requests at most; beyond it new devices are answered `RATE_LIMITED`
+    /// (`too-many-pairing-requests`) until some are decided or expire.
+    pub max_pending: usize,
+    /// Pending requests at most from one client address (IPv6: one /64).
+    pub max_pending_per_address: usize,
 }
 
 impl Default for PairingSettings {
@@ -31,7 +36,37 @@ impl Default for PairingSettings {
         Self {
             store: None,
             pending_ttl_ms: 300_000,
+            max_pending: 256,
+            max_pending_per_address: 4,
         }
+    }
+}
+
+impl PairingSettings {
+    /// Refuses values that would disable a limit: `(key, message)` of the first offender.
+    pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (key, value) in [
+            ("pending_ttl_ms", self.pending_ttl_ms),
+            ("max_pending", self.max_pending as u64),
+            (
+                "max_pending_per_address",
+                self.max_pending_per_address as u64,
+            ),
+        ] {
+            if value == 0 {
+                return Err((key, "must be at least 1".into()));
+            }
+        }
+        if self.max_pending_per_address > self.max_pending {
+            return Err((
+                "max_pending_per_address",
+                format!(
+                    "must not exceed max_pending ({}), got {}",
+                    self.max_pending, self.max_pending_per_address
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -112,6 +147,14 @@ pub enum PairingError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// Too many pending requests (in total, or from this address); retry when one lapses.
+    #[error("too many pending pairing requests{}", if *.per_address { " from this address" } else { "" })]
+    TooManyPending {
+        /// Whether the per-address cap (rather than the total) was hit.
+        per_address: bool,
+        /// When the oldest counted request lapses, in ms from now.
+        retry_after_ms: u64,
+    },
     /// No pending request has this id (never existed, already decided, or expired).
     #[error("no pending pairing request `{0}` (it may have expired or been decided already)")]
     UnknownRequest(String),
@@ -126,6 +169,8 @@ struct State {
 /// The pairing store.
 pub struct PairingStore {
     path: PathBuf,
+    max_pending: usize,
+    max_pending_per_address: usize,
     /// Opened to look, not to change: nothing is created or written (`auth explain`).
     read_only: bool,
     pending_ttl: Duration,
@@ -138,6 +183,14 @@ impl std::fmt::Debug for PairingStore {
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
+}
+
+/// The budget key of a request's address (`ip:port`), as the pre-auth budget counts them.
+fn address_key(remote_addr: &str) -> Option<crate::preauth::AddrKey> {
+    remote_addr
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| crate::preauth::AddrKey::from(a.ip()))
 }
 
 fn token_hash(token: &str) -> String {
@@ -205,6 +258,8 @@ impl PairingStore {
         }
         Ok(Self {
             path: path.to_path_buf(),
+            max_pending: settings.max_pending,
+            max_pending_per_address: settings.max_pending_per_address,
             read_only,
             pending_ttl,
             state: Mutex::new(state),
@@ -245,7 +300,8 @@ impl PairingStore {
         self.lock().devices.values().cloned().collect()
     }
 
-    /// Files a pairing request (or returns the open one for the same device and role).
+    /// Files a pairing request (or returns the open one for the same device and role), within
+    /// the caps on pending requests in total and per client address.
     pub fn request(
         &self,
         device_id: &str,
@@ -254,7 +310,7 @@ impl PairingStore {
         scopes: &[String],
         client_id: &str,
         remote_addr: &str,
-    ) -> PendingRequest {
+    ) -> Result<PendingRequest, PairingError> {
         let now = now_ms();
         let mut state = self.lock();
         state.pending.retain(|_, p| p.expires_at_ms > now);
@@ -263,7 +319,31 @@ impl PairingStore {
             .values()
             .find(|p| p.device_id == device_id && p.role == role && p.scopes == scopes)
         {
-            return p.clone();
+            return Ok(p.clone());
+        }
+        let address = address_key(remote_addr);
+        let from_here: Vec<u64> = state
+            .pending
+            .values()
+            .filter(|p| address.is_some() && address_key(&p.remote_addr) == address)
+            .map(|p| p.expires_at_ms)
+            .collect();
+        let lapse = |expiries: &mut dyn Iterator<Item = u64>| {
+            expiries
+                .min()
+                .map_or(1_000, |e| e.saturating_sub(now).max(1))
+        };
+        if from_here.len() >= self.max_pending_per_address {
+            return Err(PairingError::TooManyPending {
+                per_address: true,
+                retry_after_ms: lapse(&mut from_here.into_iter()),
+            });
+        }
+        if state.pending.len() >= self.max_pending {
+            return Err(PairingError::TooManyPending {
+                per_address: false,
+                retry_after_ms: lapse(&mut state.pending.values().map(|p| p.expires_at_ms)),
+            });
         }
         let mut id = [0u8; 9];
         rand::fill(&mut id);
@@ -281,7 +361,7 @@ impl PairingStore {
         state
             .pending
             .insert(request.request_id.clone(), request.clone());
-        request
+        Ok(request)
     }
 
     /// Pending requests that have not expired, oldest first.
@@ -396,8 +476,8 @@ mod tests {
 
     fn ttl(pending_ttl_ms: u64) -> PairingSettings {
         PairingSettings {
-            store: None,
             pending_ttl_ms,
+            ..PairingSettings::default()
         }
     }
 
@@ -406,10 +486,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pairing.json");
         let store = PairingStore::open(&path, &ttl(60_000)).unwrap();
-        let req = store.request("dev1", "pk", Role::Worker, &[], "cli", "127.0.0.1:1");
+        let req = store
+            .request("dev1", "pk", Role::Worker, &[], "cli", "127.0.0.1:1")
+            .unwrap();
         assert_eq!(
             store
                 .request("dev1", "pk", Role::Worker, &[], "cli", "127.0.0.1:2")
+                .unwrap()
                 .request_id,
             req.request_id,
             "a second connect reuses the open request"
@@ -450,7 +533,9 @@ mod tests {
     fn pending_requests_expire() {
         let dir = tempfile::tempdir().unwrap();
         let store = PairingStore::open(&dir.path().join("p.json"), &ttl(0)).unwrap();
-        let req = store.request("dev1", "pk", Role::Worker, &[], "cli", "x");
+        let req = store
+            .request("dev1", "pk", Role::Worker, &[], "cli", "x")
+            .unwrap();
         assert!(store.pending().is_empty());
         assert!(matches!(
             store.approve(&req.request_id),

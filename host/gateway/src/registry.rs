@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use trustgate_protocol::{CloseCode, ErrorBody, Role};
 
@@ -20,9 +20,11 @@ pub(crate) enum SessionCommand {
         args: Value,
         reply: oneshot::Sender<Result<InvokeOutcome, ErrorBody>>,
     },
-    /// Close the connection.
-    Close(CloseCode, String),
 }
+
+/// A request to close a session: the close code and reason. Delivered through a `watch`
+/// channel of its own, so a close is never lost behind queued invocations.
+pub(crate) type CloseOrder = Option<(CloseCode, String)>;
 
 /// A worker's answer to an invocation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -68,12 +70,15 @@ pub struct SessionInfo {
 struct Entry {
     info: SessionInfo,
     commands: mpsc::Sender<SessionCommand>,
+    close: watch::Sender<CloseOrder>,
 }
 
 /// All live sessions.
 #[derive(Default)]
 pub struct Sessions {
     inner: Mutex<HashMap<String, Entry>>,
+    /// Signalled whenever a session leaves (for draining).
+    left: Notify,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -89,9 +94,22 @@ impl Sessions {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn insert(&self, info: SessionInfo, commands: mpsc::Sender<SessionCommand>) {
-        self.lock()
-            .insert(info.conn_id.clone(), Entry { info, commands });
+    /// Registers a session; the receiver delivers close orders to its task.
+    pub(crate) fn insert(
+        &self,
+        info: SessionInfo,
+        commands: mpsc::Sender<SessionCommand>,
+    ) -> watch::Receiver<CloseOrder> {
+        let (close, orders) = watch::channel(None);
+        self.lock().insert(
+            info.conn_id.clone(),
+            Entry {
+                info,
+                commands,
+                close,
+            },
+        );
+        orders
     }
 
     pub(crate) fn update_expiry(&self, conn_id: &str, expires_at_ms: Option<u64>) {
@@ -102,6 +120,24 @@ impl Sessions {
 
     pub(crate) fn remove(&self, conn_id: &str) {
         self.lock().remove(conn_id);
+        self.left.notify_waiters();
+    }
+
+    /// Waits until no session is left or `deadline` passes; returns how many are left.
+    pub async fn drained(&self, deadline: tokio::time::Instant) -> usize {
+        loop {
+            // Register interest before looking, so a removal in between is not missed.
+            let left = self.left.notified();
+            tokio::pin!(left);
+            left.as_mut().enable();
+            let n = self.len();
+            if n == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, left).await.is_err() {
+                return self.len();
+            }
+        }
     }
 
     /// Number of live sessions.
@@ -136,22 +172,19 @@ impl Sessions {
             .map(|e| e.commands.clone())
     }
 
-    /// Closes every session whose subject matches `pred` with `code`. Returns how many.
+    /// Closes every session matching `pred` with `code`, at once. Returns how many.
     pub fn close_where(
         &self,
         code: CloseCode,
         reason: &str,
         pred: impl Fn(&SessionInfo) -> bool,
     ) -> usize {
-        let targets: Vec<_> = self
-            .lock()
-            .values()
-            .filter(|e| pred(&e.info))
-            .map(|e| e.commands.clone())
-            .collect();
-        for t in &targets {
-            let _ = t.try_send(SessionCommand::Close(code, reason.to_string()));
+        let sessions = self.lock();
+        let mut n = 0;
+        for e in sessions.values().filter(|e| pred(&e.info)) {
+            e.close.send_replace(Some((code, reason.to_string())));
+            n += 1;
         }
-        targets.len()
+        n
     }
 }

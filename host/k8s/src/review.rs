@@ -95,8 +95,16 @@ async fn attempt(
 }
 
 fn parse(body: &[u8], token: &str) -> Result<ReviewOutcome, ReviewFailure> {
-    let review: TokenReview = serde_json::from_slice(body)
-        .map_err(|e| ReviewFailure::Failed(format!("malformed TokenReview answer: {e}")))?;
+    // The answer echoes the request, token included: a parse error says where and what kind
+    // of problem, never a value from the body (serde's text may quote one).
+    let review: TokenReview = serde_json::from_slice(body).map_err(|e| {
+        ReviewFailure::Failed(format!(
+            "malformed TokenReview answer ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
     let status = review.status.unwrap_or_default();
     let user = status.user.unwrap_or_default();
     let authenticated = status.authenticated.unwrap_or(false);
@@ -157,6 +165,95 @@ pub(super) async fn token_review(
                 tokio::time::sleep(wait).await;
                 backoff *= 2;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    //! Fuzz harness (proptest): whatever the API server answers, parsing neither panics nor
+    //! lets the reviewed token into an error; only `authenticated: true` authenticates.
+
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::parse;
+
+    const TOKEN: &str = "eyJTOKENxq.eyJwYXlsb2FkIn0.c2ln";
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            "[a-z:/.-]{0,10}".prop_map(Value::String),
+            Just(Value::String(TOKEN.into())),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z]{1,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A TokenReview answer with every part now and then replaced by arbitrary JSON.
+    fn answer() -> impl Strategy<Value = Value> {
+        (value(), value(), value(), value(), 0usize..5).prop_map(|(a, b, c, d, which)| {
+            let mut r = json!({
+                "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                "spec": {"token": TOKEN, "audiences": ["trustgate"]},
+                "status": {"authenticated": true, "audiences": ["trustgate"],
+                    "user": {"username": "system:serviceaccount:a:b", "uid": "u", "groups": ["g"],
+                        "extra": {"k": ["v"]}}},
+            });
+            // Sets `key` in the object at `path`, if it still is an object.
+            let mut put = |path: &str, key: &str, v: Value| {
+                if let Some(o) = r.pointer_mut(path).and_then(Value::as_object_mut) {
+                    o.insert(key.into(), v);
+                }
+            };
+            put("/status/user", "groups", b);
+            put("/status", "error", c);
+            put("", "spec", d);
+            match which {
+                0 => put("/status", "authenticated", a),
+                1 => put("/status", "user", a),
+                2 => put("/status/user", "extra", a),
+                3 => put("", "status", a),
+                _ => put("/status", "audiences", a),
+            }
+            r
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_answer_parses_or_fails_without_the_token(body in answer()) {
+            match parse(body.to_string().as_bytes(), TOKEN) {
+                Ok(outcome) => {
+                    let claimed = body["status"]["authenticated"] == Value::Bool(true);
+                    prop_assert_eq!(outcome.authenticated, claimed);
+                }
+                Err(e) => {
+                    let text = format!("{e:?}");
+                    prop_assert!(!text.contains("TOKENxq"), "{}", text);
+                }
+            }
+        }
+
+        #[test]
+        fn any_bytes_parse_or_fail(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            if let Err(e) = parse(&bytes, TOKEN) {
+                let text = format!("{e:?}");
+                prop_assert!(!text.contains("TOKENxq"), "{}", text);
+            }
+        }
+
+        #[test]
+        fn an_unverified_expiry_is_read_or_not_without_panicking(token in ".{0,200}") {
+            let _ = crate::unverified_expiry_ms(&token);
         }
     }
 }

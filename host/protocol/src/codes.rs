@@ -70,10 +70,14 @@ impl CloseCode {
     pub const NORMAL: Self = Self(1000);
     /// 1002: protocol error (version mismatch).
     pub const PROTOCOL_ERROR: Self = Self(1002);
+    /// 1007: a text frame that is not valid UTF-8, at any stage of the connection.
+    pub const INVALID_PAYLOAD: Self = Self(1007);
     /// 1008: policy violation (bad first frame, auth failure, handshake timeout).
     pub const POLICY_VIOLATION: Self = Self(1008);
     /// 1009: a message larger than `maxPayload`.
     pub const TOO_BIG: Self = Self(1009);
+    /// 1012: service restart — the gateway is shutting down; reconnect (to another replica).
+    pub const SERVICE_RESTART: Self = Self(1012);
     /// 1011: internal error.
     pub const INTERNAL: Self = Self(1011);
     /// 1013: try again later.

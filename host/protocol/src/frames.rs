@@ -364,19 +364,104 @@ pub struct FrameError {
     pub message: String,
 }
 
+/// A client-chosen name (an unknown field, a map key) as it may appear in an error: shown only
+/// when it looks like a field name, so a token sent as a key is never echoed.
+fn shown_name(name: &str) -> Option<&str> {
+    (!name.is_empty()
+        && name.len() <= 40
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+    .then_some(name)
+}
+
+/// What kind of JSON value serde's `invalid type` / `invalid value` saw, without the value:
+/// serde writes e.g. `string "Bearer eyJ…"` or `integer `5``.
+fn kind_of(unexpected: &str) -> &'static str {
+    const KINDS: &[(&str, &str)] = &[
+        ("string", "a string"),
+        ("integer", "an integer"),
+        ("floating point", "a number"),
+        ("boolean", "a boolean"),
+        ("map", "an object"),
+        ("sequence", "an array"),
+        ("null", "null"),
+        ("unit", "null"),
+        ("char", "a string"),
+    ];
+    KINDS
+        .iter()
+        .find(|(prefix, _)| unexpected.starts_with(prefix))
+        .map_or("a value of another kind", |(_, kind)| kind)
+}
+
+/// serde's message with every client value taken out: what was expected, what kind of value
+/// came, which of our fields is missing — never the value itself.
+fn redacted(inner: &str) -> String {
+    if let Some(rest) = inner
+        .strip_prefix("invalid type: ")
+        .or_else(|| inner.strip_prefix("invalid value: "))
+    {
+        // `<unexpected>, expected <what we wanted>`: the second half is ours.
+        let expected = rest.rsplit_once(", expected ").map(|(_, e)| e);
+        return match expected {
+            Some(e) => format!("expected {e}, got {}", kind_of(rest)),
+            None => format!("got {} of the wrong kind", kind_of(rest)),
+        };
+    }
+    if let Some(rest) = inner.strip_prefix("unknown variant `") {
+        let expected = rest.split_once("`, expected ").map(|(_, e)| e);
+        return match expected {
+            Some(e) => format!("not an accepted value (expected {e})"),
+            None => "not an accepted value".into(),
+        };
+    }
+    if let Some(rest) = inner.strip_prefix("unknown field `") {
+        // The name is the client's text (it could be a token): only what we accept is shown.
+        let expected = rest.split_once("`, ").map(|(_, e)| e);
+        return match expected {
+            Some(e) => format!("an unknown field; {e}"),
+            None => "an unknown field".into(),
+        };
+    }
+    if inner.starts_with("missing field `") || inner.starts_with("invalid length ") {
+        // Our field names and counts only.
+        return inner.to_string();
+    }
+    if inner.starts_with("duplicate field `") {
+        return "a field appears twice".into();
+    }
+    "not valid here".into()
+}
+
 fn from_value<T: DeserializeOwned>(value: Value, prefix: &str) -> Result<T, FrameError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
+        // The path is made of our field names, array indices and — inside maps — the client's
+        // keys; a key that does not look like a name is not shown.
+        let path: Vec<String> = e
+            .path()
+            .iter()
+            .map(|segment| match segment {
+                serde_path_to_error::Segment::Seq { index } => format!("[{index}]"),
+                serde_path_to_error::Segment::Map { key } => {
+                    shown_name(key).map_or_else(|| ".<key>".to_string(), |k| format!(".{k}"))
+                }
+                serde_path_to_error::Segment::Enum { variant } => shown_name(variant)
+                    .map_or_else(|| ".<variant>".to_string(), |v| format!(".{v}")),
+                serde_path_to_error::Segment::Unknown => ".?".to_string(),
+            })
+            .collect();
         let inner = e.into_inner().to_string();
-        let field_name = inner
-            .strip_prefix("unknown field `")
-            .or_else(|| inner.strip_prefix("missing field `"))
+        // serde_path_to_error's path ends at an unknown field's own name: drop it.
+        let mut path = path;
+        if inner.starts_with("unknown field `") {
+            path.pop();
+        }
+        let missing = inner
+            .strip_prefix("missing field `")
             .and_then(|r| r.split('`').next());
-        let mut field = match path.as_str() {
-            "." | "" => String::new(),
-            p => p.to_string(),
-        };
-        if let Some(name) = field_name
+        let mut field = path.concat().trim_start_matches('.').to_string();
+        if let Some(name) = missing
             && !field.ends_with(name)
         {
             if !field.is_empty() {
@@ -391,10 +476,11 @@ fn from_value<T: DeserializeOwned>(value: Value, prefix: &str) -> Result<T, Fram
                 format!("{prefix}.{field}")
             };
         }
+        let message = redacted(&inner);
         let message = if field.is_empty() {
-            inner
+            message
         } else {
-            format!("`{field}`: {inner}")
+            format!("`{field}`: {message}")
         };
         FrameError {
             field: (!field.is_empty()).then_some(field),
@@ -405,6 +491,8 @@ fn from_value<T: DeserializeOwned>(value: Value, prefix: &str) -> Result<T, Fram
 
 /// Parses a client's text frame strictly.
 pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
+    // serde_json's syntax errors say where (line, column) and what was expected, never the
+    // text around it.
     let value: Value = serde_json::from_str(text).map_err(|e| FrameError {
         field: None,
         message: format!("frame is not valid JSON: {e}"),
@@ -417,10 +505,10 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
     }
     match value.get("type").and_then(Value::as_str) {
         Some("req") => {}
-        Some(other) => {
+        Some(_) => {
             return Err(FrameError {
                 field: Some("type".into()),
-                message: format!("`type`: clients may only send `req` frames, got `{other}`"),
+                message: "`type`: clients may only send `req` frames".into(),
             });
         }
         None => {
@@ -450,17 +538,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unknown_fields_are_named_with_their_path() {
+    fn unknown_fields_are_reported_at_their_path_without_their_name() {
+        // An unknown field's name is the client's text: reported as "an unknown field" at
+        // the path of the object that holds it, with what that object accepts.
         let e =
             parse_client_frame(r#"{"type":"req","id":"1","method":"x","extra":1}"#).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("extra"));
+        assert_eq!(e.field, None);
+        assert!(
+            e.message.starts_with("an unknown field; expected one of"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains("extra"), "{}", e.message);
         let f = parse_client_frame(
             r#"{"type":"req","id":"1","method":"connect","params":{"minProtocol":1,"maxProtocol":1,"role":"worker","client":{"id":"a","version":"1","nmae":"x"}}}"#,
         )
         .unwrap();
         let e = parse_params::<ConnectParams>(&f.params).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("params.client.nmae"));
-        assert!(e.message.contains("unknown field `nmae`"), "{}", e.message);
+        assert_eq!(e.field.as_deref(), Some("params.client"));
+        assert!(
+            e.message.starts_with("`params.client`: an unknown field"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains("nmae"), "{}", e.message);
         let e = parse_params::<ConnectParams>(&serde_json::json!({"minProtocol":1})).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("params.maxProtocol"));
     }

@@ -6,6 +6,8 @@
 mod codes;
 mod device;
 mod frames;
+#[cfg(test)]
+mod fuzz;
 mod time;
 
 pub use codes::{CloseCode, ErrorCode};

@@ -251,8 +251,12 @@ pub fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRUSTGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // Colour only for a person at a terminal: escape codes in a log file or a collector are
+    // noise at best.
+    use std::io::IsTerminal as _;
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter);
     match cli.log_format {
         LogFormat::Human => logs.init(),
@@ -370,8 +374,12 @@ async fn serve(config_path: Option<PathBuf>) -> Result<()> {
         running.state.plugins().len(),
     );
     shutdown_signal().await;
-    eprintln!("shutting down");
-    running.shutdown().await;
+    let drain = std::time::Duration::from_millis(config.gateway.drain_timeout_ms);
+    eprintln!(
+        "shutting down: sessions closed with 1012, up to {} ms to drain",
+        drain.as_millis()
+    );
+    running.drain(drain).await;
     Ok(())
 }
 

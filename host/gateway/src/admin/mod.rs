@@ -114,8 +114,25 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({"error": message.into()}))).into_response()
 }
 
-/// `Some(response)` when the request lacks the admin token. Compares digests so the comparison
-/// time does not depend on where the tokens differ.
+/// A 401 as RFC 6750 has it: the challenge names the scheme and realm, and for a presented but
+/// wrong token the error.
+fn challenge(message: &str, invalid_token: bool) -> Response {
+    let value = if invalid_token {
+        r#"Bearer realm="trustgate-admin", error="invalid_token""#
+    } else {
+        r#"Bearer realm="trustgate-admin""#
+    };
+    let mut response = error(StatusCode::UNAUTHORIZED, message);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static(value),
+    );
+    response
+}
+
+/// `Some(response)` when the request lacks the admin token: 401 with `WWW-Authenticate` for a
+/// missing and for a wrong token alike. Compares digests so the comparison time does not depend
+/// on where the tokens differ.
 fn unauthorized(state: &GatewayState, headers: &HeaderMap) -> Option<Response> {
     let presented = headers
         .get(header::AUTHORIZATION)
@@ -123,13 +140,13 @@ fn unauthorized(state: &GatewayState, headers: &HeaderMap) -> Option<Response> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(presented) = presented else {
-        return Some(error(
-            StatusCode::UNAUTHORIZED,
+        return Some(challenge(
             "missing `Authorization: Bearer <admin token>`",
+            false,
         ));
     };
     if Sha256::digest(presented.as_bytes()) != Sha256::digest(state.admin_token.as_bytes()) {
-        return Some(error(StatusCode::FORBIDDEN, "wrong admin token"));
+        return Some(challenge("wrong admin token", true));
     }
     None
 }
@@ -175,7 +192,7 @@ async fn decide(
             tracing::info!(request = %id, device = %request.device_id, "pairing rejected");
             json!({"rejected": true, "request": request})
         }),
-        _ => return error(StatusCode::NOT_FOUND, format!("no pairing action `{verb}` (approve, reject)")),
+        _ => return error(StatusCode::NOT_FOUND, "no such pairing action (approve, reject)"),
     };
     match result {
         Ok(body) => axum::Json(body).into_response(),

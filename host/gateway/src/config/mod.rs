@@ -110,12 +110,7 @@ impl Config {
             self.error_at(&format!("{table}.{key}"), message)
         };
         self.limits.validate().map_err(|e| at("limits", e))?;
-        if self.pairing.pending_ttl_ms == 0 {
-            return Err(at(
-                "pairing",
-                ("pending_ttl_ms", "must be at least 1".into()),
-            ));
-        }
+        self.pairing.validate().map_err(|e| at("pairing", e))?;
         self.plugins
             .validate()
             .map_err(|e| at("plugins", (e.key, e.message)))?;
@@ -185,6 +180,9 @@ impl Config {
         &self.origin
     }
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

@@ -36,7 +36,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     /// Refuses a `connect`: records the decision, answers, and closes with the code's close code.
+    /// A refusal that is the client's doing drains its address's failed-handshake bucket.
     async fn refuse(&mut self, r: Refused<'_>, error: ErrorBody) {
+        if counts_as_failure(error.code) {
+            self.state.preauth.failed(self.remote.ip());
+        }
         self.record(AuditEntry {
             event: "connect",
             started: r.started,
@@ -51,9 +55,24 @@ where
         self.fail(r.id, error, close).await;
     }
 
-    /// Sends the challenge and runs `connect`. On success the session is registered (so it is
-    /// listed, routable and revocable) *before* `hello-ok` is sent.
-    pub(super) async fn handshake(&mut self, source: &mut Source<S>) -> Option<Session> {
+    /// A protocol violation before `hello-ok`: answered (when there is something to answer),
+    /// closed, and charged to the address like a failed handshake.
+    async fn violation(&mut self, id: &str, error: Option<ErrorBody>, close: CloseCode, why: &str) {
+        self.state.preauth.failed(self.remote.ip());
+        match error {
+            Some(e) => self.fail(id, e, close).await,
+            None => self.close(close, why).await,
+        }
+    }
+
+    /// Sends the challenge and runs `connect`, all before `deadline` (set at accept). On
+    /// success the session is registered (so it is listed, routable and revocable) *before*
+    /// `hello-ok` is sent.
+    pub(super) async fn handshake(
+        &mut self,
+        source: &mut Source<S>,
+        deadline: tokio::time::Instant,
+    ) -> Option<Session> {
         let nonce = random_id("", 16);
         if !self
             .send_event(
@@ -65,8 +84,7 @@ where
         {
             return None;
         }
-        let timeout = self.state.limits.handshake_timeout();
-        let first = match tokio::time::timeout(timeout, next_frame(source)).await {
+        let first = match tokio::time::timeout_at(deadline, next_frame(source)).await {
             Ok(f) => f,
             Err(_) => {
                 info!("no connect within the handshake timeout");
@@ -78,15 +96,19 @@ where
         let text = match first {
             Inbound::Text(t) => t,
             Inbound::Binary => {
-                self.close(
-                    CloseCode::POLICY_VIOLATION,
-                    "the first frame must be a text req `connect`",
-                )
-                .await;
+                let why = "the first frame must be a text req `connect`";
+                self.violation("", None, CloseCode::POLICY_VIOLATION, why)
+                    .await;
                 return None;
             }
             Inbound::TooBig => {
-                self.close(CloseCode::TOO_BIG, "message exceeds maxPayload")
+                let why = "message exceeds maxPayload";
+                self.violation("", None, CloseCode::TOO_BIG, why).await;
+                return None;
+            }
+            Inbound::BadUtf8 => {
+                let why = "text frame is not valid UTF-8";
+                self.violation("", None, CloseCode::INVALID_PAYLOAD, why)
                     .await;
                 return None;
             }
@@ -96,7 +118,8 @@ where
             Ok(f) => f,
             Err(e) => {
                 info!(error = %e.message, "malformed first frame");
-                self.fail(&salvage_id(&text), invalid(&e), CloseCode::POLICY_VIOLATION)
+                let id = salvage_id(&text);
+                self.violation(&id, Some(invalid(&e)), CloseCode::POLICY_VIOLATION, "")
                     .await;
                 return None;
             }
@@ -104,21 +127,24 @@ where
         if frame.method != "connect" {
             let e = ErrorBody::new(
                 ErrorCode::InvalidRequest,
-                format!(
-                    "the first request must be `connect`, got `{}`",
-                    frame.method
-                ),
+                "`method`: the first request must be `connect`",
             )
             .with_details(json!({"field": "method"}));
-            self.fail(&frame.id, e, CloseCode::POLICY_VIOLATION).await;
+            self.violation(&frame.id, Some(e), CloseCode::POLICY_VIOLATION, "")
+                .await;
             return None;
         }
         let params: ConnectParams = match parse_params(&frame.params) {
             Ok(p) => p,
             Err(e) => {
                 info!(error = %e.message, "malformed connect");
-                self.fail(&frame.id, invalid(&e), CloseCode::POLICY_VIOLATION)
-                    .await;
+                self.violation(
+                    &frame.id,
+                    Some(invalid(&e)),
+                    CloseCode::POLICY_VIOLATION,
+                    "",
+                )
+                .await;
                 return None;
             }
         };
@@ -148,16 +174,25 @@ where
             self.refuse(refused, e).await;
             return None;
         }
-        let live = self
-            .state
-            .connections
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if live > self.state.limits.max_connections {
+        // An address whose handshakes keep failing waits before its next one reaches the
+        // chain: a flood of bad credentials costs a lookup, not a chain evaluation.
+        if let Err(wait) = self.state.preauth.may_attempt(self.remote.ip()) {
             let e = ErrorBody::new(
                 ErrorCode::RateLimited,
-                "the gateway is at its connection limit",
+                "too many failed handshakes from this address; wait before trying again",
             )
-            .with_retry_after(Some(1_000));
+            .with_retry_after(Some(wait.as_millis().max(1) as u64))
+            .with_details(json!({"reason": "too-many-failed-handshakes"}));
+            self.refuse(refused, e).await;
+            return None;
+        }
+        if self.state.sessions.len() >= self.state.limits.max_connections {
+            let e = ErrorBody::new(
+                ErrorCode::RateLimited,
+                "the gateway is at its session limit",
+            )
+            .with_retry_after(Some(1_000))
+            .with_details(json!({"reason": "gateway-full"}));
             self.refuse(refused, e).await;
             return None;
         }
@@ -190,8 +225,22 @@ where
             auth: params.auth.as_ref(),
             device,
         };
-        let decided = authenticate(&self.state, &attempt, CachePolicy::Use)
-            .await
+        let decision = tokio::time::timeout_at(
+            deadline,
+            authenticate(&self.state, &attempt, CachePolicy::Use),
+        )
+        .await;
+        let Ok(decision) = decision else {
+            info!("the decision did not finish within the handshake deadline");
+            let e = ErrorBody::new(
+                ErrorCode::Unavailable,
+                "the handshake did not finish in time; try again",
+            )
+            .with_details(json!({"reason": "handshake-timeout"}));
+            self.refuse(refused, e).await;
+            return None;
+        };
+        let decided = decision
             .or_file_pairing_request(&self.state, &attempt)
             .and_then(|mut a| issue_device_token(&self.state, &mut a).map(|()| a));
         let auth = match decided {
@@ -245,7 +294,7 @@ where
         // `worker.invoke` and covered by revocations. Commands sent before the session loop
         // starts wait in the channel and are served right after `hello-ok`.
         let (cmd_tx, commands) = mpsc::channel::<SessionCommand>(64);
-        self.state.sessions.insert(
+        let close_orders = self.state.sessions.insert(
             SessionInfo {
                 conn_id: self.conn_id.clone(),
                 subject: auth.identity.subject.clone(),
@@ -265,6 +314,20 @@ where
             return None;
         }
         info!(subject = %auth.identity.subject, role = auth.role.as_str(), method = %auth.identity.method, pairing = ?auth.pairing, "connected");
-        Some(Session::new(params, auth, commands))
+        Some(Session::new(params, auth, commands, close_orders))
     }
+}
+
+/// Whether a refusal with this code is the client's doing (bad or rejected credentials, a
+/// malformed request), so it drains the address's failed-handshake bucket. Waiting for
+/// pairing, an unavailable dependency or a limit are not.
+fn counts_as_failure(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::Unauthenticated
+            | ErrorCode::Forbidden
+            | ErrorCode::InvalidRequest
+            | ErrorCode::PluginFailed
+            | ErrorCode::ProtocolMismatch
+    )
 }

@@ -42,7 +42,7 @@ impl Invocations {
         let Some(reply) = self.0.remove(&p.invoke_id) else {
             return Err(ErrorBody::new(
                 ErrorCode::InvalidRequest,
-                format!("no pending invocation `{}`", p.invoke_id),
+                "`params.invokeId`: no pending invocation has this id",
             )
             .with_details(json!({"field": "params.invokeId"})));
         };
@@ -88,7 +88,7 @@ async fn invoke(state: &GatewayState, frame: RequestFrame) -> Result<Value, Erro
     let Some(worker) = state.sessions.worker_channel(&p.worker_id) else {
         return Err(ErrorBody::new(
             ErrorCode::InvalidRequest,
-            format!("no connected worker `{}`", p.worker_id),
+            "`params.workerId`: no connected worker has this id",
         )
         .with_details(json!({"field": "params.workerId"})));
     };

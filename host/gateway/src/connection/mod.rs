@@ -54,9 +54,21 @@ fn random_id(prefix: &str, bytes: usize) -> String {
     format!("{prefix}{}", hex::encode(raw))
 }
 
+/// What an accepted socket carries until `hello-ok`: its place in the pre-auth budget and
+/// the one deadline from accept to `hello-ok`.
+pub(crate) struct PreAuth {
+    pub(crate) admission: crate::preauth::Admission,
+    pub(crate) deadline: tokio::time::Instant,
+}
+
 /// Serves one accepted TCP (or TLS) stream until it closes.
-pub(crate) async fn serve<S>(state: Arc<GatewayState>, stream: S, remote: SocketAddr, tls: bool)
-where
+pub(crate) async fn serve<S>(
+    state: Arc<GatewayState>,
+    stream: S,
+    remote: SocketAddr,
+    tls: bool,
+    pre: PreAuth,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     state
@@ -74,8 +86,8 @@ where
             .max_frame_size(Some(max))
             .read_buffer_size(4096)
             .write_buffer_size(0);
-        let ws = match tokio::time::timeout(
-            state.limits.handshake_timeout(),
+        let ws = match tokio::time::timeout_at(
+            pre.deadline,
             tokio_tungstenite::accept_async_with_config(stream, Some(ws_config)),
         )
         .await
@@ -99,9 +111,11 @@ where
             sink,
             seq: 0,
         };
-        let Some(session) = conn.handshake(&mut source).await else {
+        let Some(session) = conn.handshake(&mut source, pre.deadline).await else {
             return;
         };
+        // Past hello-ok: the socket is a session now, counted against `max_connections`.
+        drop(pre.admission);
         conn.session(source, session).await;
     }
     .instrument(span)
@@ -125,6 +139,8 @@ enum Inbound {
     Binary,
     Closed,
     TooBig,
+    /// A text frame that is not UTF-8: closed with 1007 at any stage.
+    BadUtf8,
 }
 
 async fn next_frame<S>(source: &mut Source<S>) -> Inbound
@@ -140,6 +156,7 @@ where
             Some(Ok(Message::Close(_))) | None => return Inbound::Closed,
             Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. })))
             | Some(Err(WsError::Capacity(_))) => return Inbound::TooBig,
+            Some(Err(WsError::Utf8(_))) => return Inbound::BadUtf8,
             Some(Err(e)) => {
                 debug!(error = %e, "read failed");
                 return Inbound::Closed;

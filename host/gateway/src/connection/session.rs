@@ -36,6 +36,8 @@ pub(super) struct Session {
     device: Option<(String, String)>,
     /// Commands from other tasks.
     commands: mpsc::Receiver<SessionCommand>,
+    /// Close orders (revocation, shutdown).
+    close_orders: tokio::sync::watch::Receiver<crate::registry::CloseOrder>,
     /// Invocations relayed to this worker and not answered yet.
     invocations: Invocations,
 }
@@ -45,6 +47,7 @@ impl Session {
         params: ConnectParams,
         auth: Authenticated,
         commands: mpsc::Receiver<SessionCommand>,
+        close_orders: tokio::sync::watch::Receiver<crate::registry::CloseOrder>,
     ) -> Self {
         let device = params
             .device
@@ -56,6 +59,7 @@ impl Session {
             auth,
             device,
             commands,
+            close_orders,
             invocations: Invocations::default(),
         }
     }
@@ -108,6 +112,7 @@ where
                         }
                     }
                     Inbound::TooBig => break Some((CloseCode::TOO_BIG, "message exceeds maxPayload".into())),
+                    Inbound::BadUtf8 => break Some((CloseCode::INVALID_PAYLOAD, "text frame is not valid UTF-8".into())),
                     Inbound::Closed => break None,
                 },
                 _ = ticker.tick() => {
@@ -139,11 +144,14 @@ where
                         }
                         s.invocations.insert(invoke_id, reply);
                     }
-                    SessionCommand::Close(code, reason) => {
+                },
+                Ok(()) = s.close_orders.changed() => {
+                    let order = s.close_orders.borrow_and_update().clone();
+                    if let Some((code, reason)) = order {
                         info!(code = code.0, %reason, "closing session");
                         break Some((code, reason));
                     }
-                },
+                }
                 _ = &mut expiry, if expiry_at.is_some() => {
                     info!(subject = %s.auth.identity.subject, "credentials expired");
                     break Some((CloseCode::CREDENTIALS_EXPIRED, "credentials expired".into()));
@@ -184,11 +192,10 @@ where
             | "worker.invoke"
                 if s.auth.role != Role::Operator =>
             {
-                Err(ErrorBody::new(
-                    ErrorCode::Forbidden,
-                    format!("`{}` is an operator method", frame.method),
+                Err(
+                    ErrorBody::new(ErrorCode::Forbidden, "this method is for operators only")
+                        .with_details(json!({"reason": "operator-only"})),
                 )
-                .with_details(json!({"reason": "operator-only"})))
             }
             "workers.list" => Ok(json!({"workers": self.state.sessions.workers()})),
             "pairing.list" => Ok(json!({
@@ -200,9 +207,10 @@ where
                 super::invoke::relay(self.state.clone(), frame, out.clone());
                 return None;
             }
-            other => Err(ErrorBody::new(
+            // The name is the client's text: not echoed.
+            _ => Err(ErrorBody::new(
                 ErrorCode::InvalidRequest,
-                format!("unknown method `{other}`"),
+                "`method`: not a method of this protocol (see docs/protocol.md)",
             )
             .with_details(json!({"field": "method"}))),
         };

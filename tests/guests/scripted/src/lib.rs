@@ -13,7 +13,9 @@ struct Config {
     /// `allow`, `deny`, `abstain`, `review` (ask the host for a TokenReview), `echo-so-far`
     /// (allow the identity so far again with this config's roles, scopes, groups),
     /// `permit` (a narrowing permit), `probe` (report what every accessor and host call gives
-    /// as attributes of an allow) or `oversize` (return something over a contract limit).
+    /// as attributes of an allow), `oversize` (return something over a contract limit) or
+    /// `from-token` (return the decision the presented token spells as JSON: the fuzz
+    /// harness's arbitrary decisions; needs the credentials grant).
     decision: String,
     #[serde(default = "default_subject")]
     subject: String,
@@ -153,6 +155,7 @@ impl Plugin for Scripted {
             "oversize",
             "noop",
             "calls",
+            "from-token",
         ]
         .contains(&config.decision.as_str())
         {
@@ -247,6 +250,7 @@ impl Plugin for Scripted {
             None => c.expires_at_ms,
         };
         match c.decision.as_str() {
+            "from-token" => from_token(&self.presented_token(request).unwrap_or_default()),
             "allow" => Decision::allow(Established {
                 subject: if c.subject_from_token {
                     format!(
@@ -341,3 +345,65 @@ impl Plugin for Scripted {
 }
 
 trustgate_plugin_sdk::plugin!(Scripted);
+
+/// A decision spelled in JSON, for `from-token`.
+#[derive(Deserialize)]
+struct Spelled {
+    kind: String,
+    #[serde(default)]
+    subject: String,
+    #[serde(default)]
+    method: String,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    attributes: Vec<(String, String)>,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    expires_at_ms: Option<u64>,
+    #[serde(default)]
+    skip_pairing: bool,
+    keep_roles: Option<Vec<String>>,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    message: String,
+}
+
+fn from_token(token: &str) -> Decision {
+    let Ok(d) = serde_json::from_str::<Spelled>(token) else {
+        return trustgate_plugin_sdk::deny(
+            DenyCode::Unauthenticated,
+            "not-json",
+            "token is not a spelled decision",
+        );
+    };
+    match d.kind.as_str() {
+        "allow" => Decision::allow(Established {
+            subject: d.subject,
+            method: d.method,
+            groups: d.groups,
+            attributes: d.attributes,
+            roles: d.roles,
+            scopes: d.scopes,
+            expires_at_ms: d.expires_at_ms,
+            skip_pairing: d.skip_pairing,
+        }),
+        "permit" => Decision::permit_narrowed(Narrowing {
+            roles: d.keep_roles,
+            scopes: None,
+            attributes: d.attributes,
+            expires_at_ms: d.expires_at_ms,
+            veto_skip_pairing: false,
+        }),
+        "deny" => Decision::Deny(Denial {
+            code: DenyCode::Forbidden,
+            reason: d.reason,
+            message: d.message,
+            retry_after_ms: None,
+        }),
+        _ => Decision::Abstain,
+    }
+}

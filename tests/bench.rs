@@ -156,8 +156,9 @@ async fn handshake(out: &mut String) {
     let ca = TestCa::new();
     let (cert, key) = ca.server_cert(dir.path(), "localhost");
     let kube = format!(
-        "[kubernetes]\nkubeconfig = {:?}\nreview_cache_ttl_ms = 3600000\n[limits]\nmax_connections = 100000\nmax_unauthenticated_per_address = 2048\nfailed_handshake_burst = 100000\n",
-        cluster.kubeconfig.display().to_string()
+        "[kubernetes]\nkubeconfig = {:?}\nreview_cache_ttl_ms = 3600000\n[limits]\n{}",
+        cluster.kubeconfig.display().to_string(),
+        bench::LOOPBACK_STORM_LIMITS
     );
     let tls_section = format!(
         "[gateway.tls]\ncert_file = {:?}\nkey_file = {:?}\n",
@@ -260,8 +261,9 @@ async fn storm(out: &mut String) {
         cluster.api.set_latency(Duration::from_millis(20));
         let tokens: Vec<String> = (0..100).map(|_| cluster.token()).collect();
         let sections = format!(
-            "[kubernetes]\nkubeconfig = {:?}\n[limits]\nmax_connections = 100000\nmax_unauthenticated_per_address = 2048\nfailed_handshake_burst = 100000\n",
-            cluster.kubeconfig.display().to_string()
+            "[kubernetes]\nkubeconfig = {:?}\n[limits]\n{}",
+            cluster.kubeconfig.display().to_string(),
+            bench::LOOPBACK_STORM_LIMITS
         );
         let gw = trustgate_tests::gateway(&sections, &bench::chain_toml(mode)).await;
         let (elapsed, clients) = bench::join_storm(&gw.url(), &tokens, 1000).await;
@@ -310,8 +312,9 @@ async fn idle_with(out: &mut String, sessions: usize, tick_ms: u64, window: Dura
     std::fs::write(
         &config,
         format!(
-            "[gateway]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n[limits]\nmax_connections = 100000\nmax_unauthenticated_per_address = 2048\nfailed_handshake_burst = 100000\ntick_interval_ms = {tick_ms}\n[kubernetes]\nkubeconfig = {:?}\nreview_cache_ttl_ms = 3600000\n{}",
+            "[gateway]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n[limits]\n{}tick_interval_ms = {tick_ms}\n[kubernetes]\nkubeconfig = {:?}\nreview_cache_ttl_ms = 3600000\n{}",
             dir.path().display().to_string(),
+            bench::LOOPBACK_STORM_LIMITS,
             cluster.kubeconfig.display().to_string(),
             bench::chain_toml("tokenreview")
         ),

@@ -33,8 +33,9 @@ async fn handshake_smoke_wasm_and_native() {
     let cluster = Cluster::start().await;
     let token = cluster.token();
     let sections = format!(
-        "[kubernetes]\nkubeconfig = {:?}\n",
-        cluster.kubeconfig.display().to_string()
+        "[kubernetes]\nkubeconfig = {:?}\n[limits]\n{}",
+        cluster.kubeconfig.display().to_string(),
+        bench::LOOPBACK_STORM_LIMITS
     );
     let gw = trustgate_tests::gateway(&sections, &bench::chain_toml("tokenreview")).await;
     let r = bench::handshakes(&gw.url(), None, &token, 8, 100).await;
@@ -59,8 +60,9 @@ async fn storm_smoke_counts_reviews_exactly() {
             .set_latency(std::time::Duration::from_millis(20));
         let tokens: Vec<String> = (0..10).map(|_| cluster.token()).collect();
         let sections = format!(
-            "[kubernetes]\nkubeconfig = {:?}\n",
-            cluster.kubeconfig.display().to_string()
+            "[kubernetes]\nkubeconfig = {:?}\n[limits]\n{}",
+            cluster.kubeconfig.display().to_string(),
+            bench::LOOPBACK_STORM_LIMITS
         );
         let gw = trustgate_tests::gateway(&sections, &bench::chain_toml(mode)).await;
         let (_, clients) = bench::join_storm(&gw.url(), &tokens, 100).await;
@@ -86,8 +88,9 @@ async fn idle_smoke_every_session_keeps_ticking() {
     let cluster = Cluster::start().await;
     let tokens: Vec<String> = (0..10).map(|_| cluster.token()).collect();
     let sections = format!(
-        "[kubernetes]\nkubeconfig = {:?}\n[limits]\ntick_interval_ms = 50\n",
-        cluster.kubeconfig.display().to_string()
+        "[kubernetes]\nkubeconfig = {:?}\n[limits]\ntick_interval_ms = 50\n{}",
+        cluster.kubeconfig.display().to_string(),
+        bench::LOOPBACK_STORM_LIMITS
     );
     let gw = trustgate_tests::gateway(&sections, &bench::chain_toml("tokenreview")).await;
     let (_, mut clients) = bench::join_storm(&gw.url(), &tokens, 200).await;

@@ -191,5 +191,69 @@ async fn an_operator_approves_a_device_in_the_browser() {
         .await
         .unwrap();
     assert!(!pending.contains(&request_id), "{pending}");
+
+    // The device is listed as approved, by the admin token, with one live session; revoking it
+    // takes two clicks, closes its session with 4401, and empties the table.
+    let row = browser
+        .wait()
+        .for_element(Locator::Css(&format!(
+            r#"#devices tr[data-device-id="{}"]"#,
+            key.id()
+        )))
+        .await
+        .unwrap();
+    let text = row.text().await.unwrap();
+    assert!(
+        text.contains("admin-token") && text.contains("worker"),
+        "{text}"
+    );
+    row.find(Locator::Css("button.revoke"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let armed = browser
+        .wait()
+        .for_element(Locator::Css(&format!(
+            r#"#devices tr[data-device-id="{}"] button.revoke.confirm"#,
+            key.id()
+        )))
+        .await
+        .unwrap();
+    let listed: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/devices", gw.admin_url()))
+        .bearer_auth(gw.admin_token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["devices"][0]["id"],
+        key.id(),
+        "one click must not revoke: {listed}"
+    );
+    assert_eq!(listed["devices"][0]["liveSessions"], 1, "{listed}");
+    armed.click().await.unwrap();
+    let (code, reason) = device.closed().await;
+    assert_eq!((code, reason.as_str()), (4401, "device revoked"));
+    browser
+        .wait()
+        .for_element(Locator::Css("#devices tr[data-empty]"))
+        .await
+        .unwrap();
+    let status = browser
+        .find(Locator::Id("status"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        status.contains("revoked") && status.contains("1 sessions closed"),
+        "{status}"
+    );
     browser.close().await.unwrap();
 }

@@ -132,18 +132,22 @@ async fn an_oversized_frame_closes_with_1009() {
     assert_eq!(c.closed().await.0, 1009);
 }
 
+/// An unknown field is reported at the object that holds it, with the fields accepted there;
+/// its own name is the client's text (it could be a token) and is not echoed.
 #[tokio::test]
-async fn unknown_fields_are_rejected_naming_the_field() {
+async fn unknown_fields_are_rejected_naming_where_without_echoing_the_name() {
     let gw = open_gateway("").await;
-    for (mutate, field) in [
+    for (mutate, field, accepted) in [
         (
             json!({"client": {"id": "a", "version": "1", "nmae": "x"}}),
-            "params.client.nmae",
+            "params.client",
+            "`id`, `version`, `platform`, `instanceId`",
         ),
-        (json!({"colour": "blue"}), "params.colour"),
+        (json!({"colour": "blue"}), "params", "`minProtocol`"),
         (
             json!({"auth": {"method": "test", "tokn": "good"}}),
-            "params.auth.tokn",
+            "params.auth",
+            "`method`, `token`, `deviceToken`",
         ),
     ] {
         let mut c = WsClient::open(&gw.url()).await;
@@ -154,10 +158,18 @@ async fn unknown_fields_are_rejected_naming_the_field() {
         let res = c.connect(p).await;
         assert_error(&res, "INVALID_REQUEST");
         assert_eq!(res["error"]["details"]["field"], field, "{res}");
+        let message = res["error"]["message"].as_str().unwrap();
         assert!(
-            res["error"]["message"].as_str().unwrap().contains(field),
+            message.starts_with(&format!("`{field}`: an unknown field; expected one of")),
             "{res}"
         );
+        assert!(message.contains(accepted), "{res}");
+        for name in ["nmae", "colour", "tokn"] {
+            assert!(
+                !res.to_string().contains(name),
+                "the unknown name was echoed: {res}"
+            );
+        }
         assert_eq!(c.closed().await.0, 1008);
     }
     // an unknown top-level frame field
@@ -166,7 +178,7 @@ async fn unknown_fields_are_rejected_naming_the_field() {
         .await;
     let res = c.response("1").await;
     assert_error(&res, "INVALID_REQUEST");
-    assert_eq!(res["error"]["details"]["field"], "extra");
+    assert!(!res.to_string().contains("extra"), "{res}");
     // a bad role names params.role
     let mut c = WsClient::open(&gw.url()).await;
     let res = c

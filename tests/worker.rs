@@ -189,6 +189,83 @@ async fn pairs_a_device_and_reuses_its_token() {
     w.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_the_token_rotated_on_reauth_and_signs_in_again_when_it_expired() {
+    let gw = gateway(
+        "[pairing]\ntoken_ttl_ms = 3000\n",
+        &scripted("nobody", r#"decision = "abstain""#),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("device.key");
+    let token_file = dir.path().join("device.key.token");
+    let mut o = fast(WorkerOptions::new(gw.url()));
+    o.device_key = Some(key.clone());
+    o.instance_id = Some("pod-w".into());
+    let mut w = Worker::start(o.clone());
+    let request_id = match w.next().await {
+        WorkerEvent::AwaitingApproval { request_id } => request_id,
+        other => panic!("expected a pairing request, got {other:?}"),
+    };
+    let status = reqwest::Client::new()
+        .post(format!(
+            "{}/api/pairing/{request_id}/approve",
+            gw.admin_url()
+        ))
+        .bearer_auth(gw.admin_token())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    let issued = w.connected().await.auth.device_token.unwrap();
+    w.stop().await;
+
+    // Logged in with its token, the session expires with it; the worker reauths before, in
+    // the token's second half, and stores the token the gateway rotated.
+    let mut w = Worker::start(o.clone());
+    let hello = w.connected().await;
+    assert_eq!(hello.auth.method, "device-token");
+    let first = hello.auth.expires_at_ms.expect("bounded by the token");
+    match w.next().await {
+        WorkerEvent::Reauthenticated { expires_at_ms } => {
+            assert!(expires_at_ms.unwrap() > first);
+        }
+        other => panic!("expected a reauth, got {other:?}"),
+    }
+    w.stop().await;
+    let rotated = std::fs::read_to_string(&token_file).unwrap();
+    assert_ne!(rotated, issued, "the rotated token was stored");
+
+    // Let the stored token expire: the worker's next start is refused with
+    // `device-token-expired`, discards the token and signs in with its key.
+    let list: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/devices", gw.admin_url()))
+        .bearer_auth(gw.admin_token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let expires = list["devices"][0]["tokens"][0]["expiresAtMs"]
+        .as_u64()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(
+        expires.saturating_sub(trustgate_protocol::now_ms()) + 5,
+    ))
+    .await;
+    let mut w = Worker::start(o);
+    let hello = w.connected().await;
+    assert_eq!(hello.auth.pairing, Pairing::Paired);
+    let renewed = hello
+        .auth
+        .device_token
+        .expect("a new token after signing in");
+    w.stop().await;
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), renewed);
+}
+
 #[tokio::test]
 async fn connects_over_tls_trusting_only_the_given_ca() {
     let dir = tempfile::tempdir().unwrap();

@@ -15,6 +15,11 @@ use trustgate_runtime::{
 
 use crate::client::{WsClient, connect_params};
 
+/// `[limits]` keys for storms of clients that all connect from 127.0.0.1: the per-address
+/// pre-auth budget and failed-handshake bucket exist to stop one hostile address, and a
+/// benchmark's honest clients would all share one. Put under a `[limits]` header.
+pub const LOOPBACK_STORM_LIMITS: &str = "max_connections = 100000\nmax_unauthenticated_per_address = 2048\nfailed_handshake_burst = 100000\n";
+
 /// The audience every scenario uses.
 pub const AUDIENCE: &str = "trustgate";
 

@@ -131,8 +131,10 @@ impl Audit {
         self.sink.is_some()
     }
 
-    /// Writes one line. A failing sink is reported in the diagnostic log, never fatal.
-    pub fn record(&self, record: &AuditRecord<'_>) {
+    /// Writes one line (an [`AuditRecord`] or a
+    /// [`LifecycleRecord`](crate::lifecycle::LifecycleRecord)). A failing sink is reported in
+    /// the diagnostic log, never fatal.
+    pub fn record(&self, record: &impl Serialize) {
         let Some(sink) = &self.sink else { return };
         let Ok(mut line) = serde_json::to_vec(record) else {
             return;

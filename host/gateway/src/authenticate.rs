@@ -19,7 +19,7 @@ use trustgate_runtime::{
 
 use crate::GatewayState;
 use crate::connection::deny_code;
-use crate::pairing_store::{DeviceRecord, PairingError};
+use crate::pairing_store::{DeviceRecord, DeviceToken, PairingError, TokenRefusal};
 
 /// Everything `connect` (or `reauth`) presented, with the device proof already verified.
 pub(crate) struct Attempt<'a> {
@@ -37,8 +37,8 @@ pub(crate) struct Attempt<'a> {
 /// What should happen to an attempt.
 #[derive(Debug)]
 pub(crate) enum Decision {
-    /// The peer is who [`Authenticated`] says.
-    Allowed(Authenticated),
+    /// The peer is who [`Authenticated`] says (boxed: it is by far the largest variant).
+    Allowed(Box<Authenticated>),
     /// The peer is refused.
     Refused(Refusal),
     /// The peer proved a device that is not approved (for this role): on `connect` a pairing
@@ -49,15 +49,15 @@ pub(crate) enum Decision {
 impl Decision {
     /// The decision of a peer's own `connect` or `reauth`: a device that needs pairing gets a
     /// pairing request filed (or its open one reused) and `NOT_PAIRED`.
-    pub(crate) fn or_file_pairing_request(
+    pub(crate) async fn or_file_pairing_request(
         self,
         state: &GatewayState,
         attempt: &Attempt<'_>,
     ) -> Result<Authenticated, Refusal> {
         match self {
-            Self::Allowed(a) => Ok(a),
+            Self::Allowed(a) => Ok(*a),
             Self::Refused(r) => Err(r),
-            Self::PairingRequired(p) => Err(file_pairing_request(state, attempt, p)),
+            Self::PairingRequired(p) => Err(file_pairing_request(state, attempt, p).await),
         }
     }
 }
@@ -95,6 +95,11 @@ pub(crate) struct Authenticated {
     /// A paired device that proved itself by signature rather than a device token: on
     /// `connect` it is issued a device token.
     pub signed_in_device: Option<String>,
+    /// The paired device the peer is (by token or signature), if any: revoking it closes
+    /// the session.
+    pub device_id: Option<String>,
+    /// The device token the peer presented, if it logged in with one (for rotation).
+    pub presented_token: Option<DeviceToken>,
     /// The device token issued with this authentication, if one was.
     pub device_token: Option<String>,
     /// How the chain decided.
@@ -128,7 +133,9 @@ impl Refusal {
     }
 }
 
-fn device_identity(record: &DeviceRecord) -> Identity {
+/// The identity a paired device stands for. A login with a device token lasts no longer than
+/// the token: the session must `reauth` (and so rotate the token) before it expires.
+fn device_identity(record: &DeviceRecord, token: Option<&DeviceToken>) -> Identity {
     Identity {
         subject: format!("device:{}", record.id),
         method: DEVICE_METHOD.into(),
@@ -140,7 +147,7 @@ fn device_identity(record: &DeviceRecord) -> Identity {
             .map(|r| r.as_str().to_string())
             .collect(),
         scopes: record.scopes.clone(),
-        expires_at_ms: None,
+        expires_at_ms: token.map(|t| t.expires_at_ms),
         skip_pairing: false,
     }
 }
@@ -152,19 +159,23 @@ fn is_device_method(method: &str) -> bool {
 
 /// Files (or reuses) a pairing request for the device and refuses with `NOT_PAIRED`. The one
 /// place a decision leads to a pairing request; only a peer's own `connect` or `reauth` calls it.
-fn file_pairing_request(
+async fn file_pairing_request(
     state: &GatewayState,
     attempt: &Attempt<'_>,
     needed: PairingRequired,
 ) -> Refusal {
-    let pending = match state.pairing.request(
-        &needed.device_id,
-        &needed.public_key,
-        attempt.role,
-        attempt.scopes,
-        &attempt.client.id,
-        &attempt.remote.to_string(),
-    ) {
+    let pending = match state
+        .pairing
+        .request(
+            &needed.device_id,
+            &needed.public_key,
+            attempt.role,
+            attempt.scopes,
+            &attempt.client.id,
+            &attempt.remote.to_string(),
+        )
+        .await
+    {
         Ok(p) => p,
         Err(PairingError::TooManyPending {
             per_address,
@@ -217,25 +228,24 @@ fn file_pairing_request(
     }
 }
 
-/// Issues a device token to a device that signed in (`connect` only).
-pub(crate) fn issue_device_token(
+/// Issues a device token to a device that signed in (`connect` only), for the client's
+/// instance. The login does not depend on it: if the store cannot take the write (it is
+/// unavailable), the device is still let in — its signature proved it — and simply gets no new
+/// token this time.
+pub(crate) async fn issue_device_token(
     state: &GatewayState,
     auth: &mut Authenticated,
-) -> Result<(), Refusal> {
+    instance: &str,
+) {
     let Some(device_id) = &auth.signed_in_device else {
-        return Ok(());
+        return;
     };
-    auth.device_token = state.pairing.issue_token(device_id).map_err(|e| Refusal {
-        error: Box::new(
-            ErrorBody::new(ErrorCode::Unavailable, "the pairing store is unavailable")
-                .with_details(json!({"reason": "pairing-store-unavailable"}))
-                .with_retry_after(Some(1_000)),
-        ),
-        cause: e.to_string(),
-        plugin: None,
-        trace: auth.trace.clone(),
-    })?;
-    Ok(())
+    match state.pairing.issue_token(device_id, instance).await {
+        Ok(issued) => auth.device_token = issued.map(|(token, _)| token),
+        Err(e) => {
+            tracing::warn!(device = %device_id, error = %e, "no device token issued (the login proceeds on the signature)")
+        }
+    }
 }
 
 /// Decides on an attempt. `cache` says whether the plugins' verifications may be answered
@@ -249,7 +259,7 @@ pub(crate) async fn authenticate(
     match decide(state, attempt, cache, &mut trace).await {
         Ok(mut a) => {
             a.trace = trace;
-            Decision::Allowed(a)
+            Decision::Allowed(Box::new(a))
         }
         Err(Fallback::Refused(mut r)) => {
             r.trace = trace;
@@ -293,14 +303,29 @@ async fn decide(
 
     // 1. A paired device stands for the peer when the peer presents no other credential.
     let mut seeded: Option<(DeviceRecord, bool)> = None; // (device, came with a token)
+    let mut presented_token = None;
     if let Some(token) = device_token {
-        let Some(record) = state.pairing.device_for_token(token) else {
-            return Err(Refusal::new(
-                ErrorCode::Unauthenticated,
-                "device-token-invalid",
-                "the device token is unknown, revoked or superseded; pair again",
-            )
-            .into());
+        let record = match state.pairing.device_for_token(token) {
+            Ok((record, t)) => {
+                presented_token = Some(t);
+                record
+            }
+            Err(TokenRefusal::Expired) => {
+                return Err(Refusal::new(
+                    ErrorCode::Unauthenticated,
+                    "device-token-expired",
+                    "the device token has expired; sign in with the device key for a new one",
+                )
+                .into());
+            }
+            Err(TokenRefusal::Unknown) => {
+                return Err(Refusal::new(
+                    ErrorCode::Unauthenticated,
+                    "device-token-invalid",
+                    "the device token is unknown, revoked or superseded; pair again",
+                )
+                .into());
+            }
         };
         if let Some((id, _)) = &attempt.device
             && *id != record.id
@@ -349,7 +374,9 @@ async fn decide(
     let verdict = chain
         .evaluate(
             &request,
-            seeded.as_ref().map(|(r, _)| device_identity(r)),
+            seeded
+                .as_ref()
+                .map(|(r, _)| device_identity(r, presented_token.as_ref())),
             cache,
         )
         .await;
@@ -479,12 +506,18 @@ async fn decide(
     }
 
     // 4. Pairing: skipped only when a plugin said so; otherwise a paired device is needed.
-    let (pairing, signed_in_device) = match seeded {
-        Some((record, with_token)) => (Pairing::Paired, (!with_token).then_some(record.id)),
-        None if identity.skip_pairing => (Pairing::Skipped, None),
+    let (pairing, signed_in_device, device_id) = match seeded {
+        Some((record, with_token)) => (
+            Pairing::Paired,
+            (!with_token).then(|| record.id.clone()),
+            Some(record.id),
+        ),
+        None if identity.skip_pairing => (Pairing::Skipped, None, None),
         None => match &attempt.device {
             Some((id, pk)) => match state.pairing.device(id) {
-                Some(record) if record.roles.contains(&attempt.role) => (Pairing::Paired, None),
+                Some(record) if record.roles.contains(&attempt.role) => {
+                    (Pairing::Paired, None, Some(record.id))
+                }
                 _ => {
                     return Err(Fallback::Pair(PairingRequired {
                         device_id: id.clone(),
@@ -517,6 +550,8 @@ async fn decide(
         identity,
         pairing,
         signed_in_device,
+        device_id,
+        presented_token,
         device_token: None,
         trace: Trace::default(),
     })

@@ -18,6 +18,7 @@ mod connection;
 mod explain;
 pub mod fsutil;
 mod kube_services;
+pub mod lifecycle;
 mod limits;
 mod listener;
 pub mod metrics;
@@ -45,7 +46,8 @@ pub use limits::ProtocolLimits;
 pub use listener::{ListenerSettings, TlsSettings};
 pub use metrics::Metrics;
 pub use pairing_store::{
-    DeviceRecord, PairingError, PairingSettings, PairingStore, PendingRequest,
+    DeviceRecord, DeviceToken, DeviceView, PairingError, PairingSettings, PairingStore,
+    PendingRequest, StoreEvent, TokenRefusal,
 };
 pub use registry::{SessionInfo, Sessions};
 pub use reload::Reloader;
@@ -333,6 +335,8 @@ async fn start_inner(
         stopped.clone(),
     ));
     tasks.spawn(admin::serve(admin, state.clone(), stopped));
+    // Not in `tasks`: it ends by itself when the state goes.
+    tokio::spawn(lifecycle::follow_store(Arc::downgrade(&state)));
     info!(%ws_addr, %admin_addr, tls, plugins = state.plugins().len(), "gateway listening");
     Ok(Running {
         ws_addr,

@@ -65,6 +65,9 @@ pub struct SessionInfo {
     pub expires_at_ms: Option<u64>,
     /// Identity attributes (e.g. namespace, pod name).
     pub attributes: std::collections::BTreeMap<String, String>,
+    /// The paired device the peer is, if it logged in as one (revoking it closes this).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
 }
 
 struct Entry {

@@ -219,6 +219,14 @@ enum DevicesCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Revoke an approved device: its tokens stop working and its live sessions are closed
+    /// (4401) at once; its next connect is a new pairing request.
+    Revoke {
+        /// The device id (from `devices list`).
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -425,7 +433,17 @@ async fn devices(cmd: DevicesCommand) -> Result<()> {
         DevicesCommand::List { admin } => (admin, None),
         DevicesCommand::Approve { id, admin } => (admin, Some(("approve", id))),
         DevicesCommand::Reject { id, admin } => (admin, Some(("reject", id))),
+        DevicesCommand::Revoke { id, admin } => (admin, Some(("revoke", id))),
     };
+    // Ids go into the URL path: refuse anything that is not an id rather than encode it.
+    if let Some((_, id)) = call
+        && (id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+    {
+        bail!("`{id}` is not a request or device id (letters, digits, `-` and `_` only)");
+    }
     let config = load_config(admin.config.as_ref())?;
     let base = admin
         .admin
@@ -447,6 +465,7 @@ async fn devices(cmd: DevicesCommand) -> Result<()> {
     let client = reqwest::Client::new();
     let request = match call {
         None => client.get(format!("{base}/api/pairing")),
+        Some(("revoke", id)) => client.post(format!("{base}/api/devices/{id}/revoke")),
         Some((verb, id)) => client.post(format!("{base}/api/pairing/{id}/{verb}")),
     };
     let response = request
@@ -468,6 +487,10 @@ async fn devices(cmd: DevicesCommand) -> Result<()> {
     }
     match call {
         Some(("approve", id)) => println!("approved {id}"),
+        Some(("revoke", id)) => println!(
+            "revoked {id} ({} live sessions closed)",
+            body["sessionsClosed"].as_u64().unwrap_or(0)
+        ),
         Some((_, id)) => println!("rejected {id}"),
         None => print_devices(&body),
     }
@@ -501,13 +524,30 @@ fn print_devices(body: &serde_json::Value) {
             .as_array()
             .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
             .unwrap_or_default();
+        let seen = d["lastSeenMs"].as_u64().map_or("never".to_string(), utc);
         println!(
-            "  {}  roles {}  client {}",
+            "  {}  client {}  roles {}  approved {} by {}  last seen {}  live sessions {}  tokens {}",
             d["id"].as_str().unwrap_or("?"),
-            roles.join(","),
             d["clientId"].as_str().unwrap_or("?"),
+            roles.join(","),
+            d["approvedAtMs"].as_u64().map_or("?".to_string(), utc),
+            d["approvedBy"].as_str().unwrap_or("?"),
+            seen,
+            d["liveSessions"].as_u64().unwrap_or(0),
+            d["tokens"].as_array().map_or(0, Vec::len),
         );
     }
+}
+
+/// Unix milliseconds as an RFC 3339 UTC time, to the second.
+fn utc(ms: u64) -> String {
+    i64::try_from(ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or_else(
+            || ms.to_string(),
+            |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        )
 }
 
 async fn check_config(file: Option<PathBuf>) -> Result<()> {

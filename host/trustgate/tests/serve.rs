@@ -66,9 +66,23 @@ fn write_config(dir: &Path) -> std::path::PathBuf {
             .stdout,
     )
     .unwrap();
+    // Every test device connects from 127.0.0.1: lift the per-address budgets that exist to
+    // stop one hostile address, or the fortieth pairing request would be rate limited.
     let text = default
         .replace("127.0.0.1:7400", "127.0.0.1:0")
-        .replace("127.0.0.1:7401", "127.0.0.1:0");
+        .replace("127.0.0.1:7401", "127.0.0.1:0")
+        .replace(
+            "max_pending_per_address = 4",
+            "max_pending_per_address = 256",
+        )
+        .replace(
+            "failed_handshake_burst = 20",
+            "failed_handshake_burst = 1000",
+        );
+    assert!(
+        text.contains("max_pending_per_address = 256")
+            && text.contains("failed_handshake_burst = 1000")
+    );
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -238,7 +252,31 @@ async fn devices_cli_lists_and_approves_through_the_admin_api() {
         .arg(&config)
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&list.stdout).contains("approved devices: 1"));
+    let out = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(out.contains("approved devices: 1"), "{out}");
+    assert!(
+        out.contains(&key.id()) && out.contains("by admin-token") && out.contains("tokens 1"),
+        "{out}"
+    );
+
+    // Revoked from the command line: listed no more, and the device must pair again.
+    let revoke = cli(&["revoke", &key.id()]);
+    assert!(
+        revoke.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoke.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&revoke.stdout).trim(),
+        format!("revoked {} (0 live sessions closed)", key.id())
+    );
+    let out = String::from_utf8_lossy(&cli(&["list"]).stdout).to_string();
+    assert!(out.contains("approved devices: 0"), "{out}");
+    let res = device_connect(&gw.ws, &key).await;
+    assert_eq!(res["error"]["code"], "NOT_PAIRED", "{res}");
+    let bad = cli(&["revoke", "../pairing/x/approve"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a request or device id"));
     gw.child.kill().unwrap();
     gw.child.wait().unwrap();
 }

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::lifecycle::Lifecycle;
 use crate::pairing_store::PairingError;
 use crate::{GatewayState, StartError};
 
@@ -75,6 +76,8 @@ pub(crate) async fn serve(
         .route("/metrics", get(metrics))
         .route("/api/pairing", get(list_pairing))
         .route("/api/pairing/{id}/{verb}", post(decide))
+        .route("/api/devices", get(list_devices))
+        .route("/api/devices/{id}/revoke", post(revoke_device))
         .route("/api/sessions", get(list_sessions))
         .route("/api/overview", get(overview))
         .route("/ui", get(ui))
@@ -153,7 +156,10 @@ fn unauthorized(state: &GatewayState, headers: &HeaderMap) -> Option<Response> {
 
 fn pairing_failure(e: &PairingError) -> Response {
     match e {
-        PairingError::UnknownRequest(_) => error(StatusCode::NOT_FOUND, e.to_string()),
+        PairingError::UnknownRequest(_) | PairingError::UnknownDevice(_) => {
+            error(StatusCode::NOT_FOUND, e.to_string())
+        }
+        PairingError::Conflict(_) => error(StatusCode::CONFLICT, e.to_string()),
         _ => {
             tracing::error!(error = %e, "pairing store failure");
             error(
@@ -170,9 +176,36 @@ async fn list_pairing(State(state): State<Arc<GatewayState>>, headers: HeaderMap
     }
     axum::Json(json!({
         "pending": state.pairing.pending(),
-        "devices": state.pairing.devices(),
+        "devices": state.pairing.device_views(&state.sessions),
     }))
     .into_response()
+}
+
+/// The admin token's identity in audit records.
+const ADMIN_ACTOR: &str = "admin-token";
+
+async fn list_devices(State(state): State<Arc<GatewayState>>, headers: HeaderMap) -> Response {
+    if let Some(r) = unauthorized(&state, &headers) {
+        return r;
+    }
+    axum::Json(json!({"devices": state.pairing.device_views(&state.sessions)})).into_response()
+}
+
+async fn revoke_device(
+    State(state): State<Arc<GatewayState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(r) = unauthorized(&state, &headers) {
+        return r;
+    }
+    match Lifecycle::new(&state, ADMIN_ACTOR).revoke(&id).await {
+        Ok((device, closed)) => {
+            axum::Json(json!({"revoked": true, "device": device.id, "sessionsClosed": closed}))
+                .into_response()
+        }
+        Err(e) => pairing_failure(&e),
+    }
 }
 
 async fn decide(
@@ -183,16 +216,22 @@ async fn decide(
     if let Some(r) = unauthorized(&state, &headers) {
         return r;
     }
+    let lifecycle = Lifecycle::new(&state, ADMIN_ACTOR);
     let result = match verb.as_str() {
-        "approve" => state.pairing.approve(&id).map(|device| {
-            tracing::info!(request = %id, device = %device.id, roles = ?device.roles, "pairing approved");
-            json!({"approved": true, "device": device})
-        }),
-        "reject" => state.pairing.reject(&id).map(|request| {
-            tracing::info!(request = %id, device = %request.device_id, "pairing rejected");
-            json!({"rejected": true, "request": request})
-        }),
-        _ => return error(StatusCode::NOT_FOUND, "no such pairing action (approve, reject)"),
+        "approve" => lifecycle
+            .approve(&id)
+            .await
+            .map(|device| json!({"approved": true, "device": state.pairing.device_view(&device.id, &state.sessions)})),
+        "reject" => lifecycle
+            .reject(&id)
+            .await
+            .map(|request| json!({"rejected": true, "request": request})),
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "no such pairing action (approve, reject)",
+            );
+        }
     };
     match result {
         Ok(body) => axum::Json(body).into_response(),
@@ -237,6 +276,7 @@ async fn overview(State(state): State<Arc<GatewayState>>, headers: HeaderMap) ->
         "sessions": state.sessions.list(),
         "plugins": plugins,
         "pending": state.pairing.pending(),
+        "devices": state.pairing.device_views(&state.sessions),
     }))
     .into_response()
 }

@@ -242,8 +242,8 @@ where
         };
         let decided = decision
             .or_file_pairing_request(&self.state, &attempt)
-            .and_then(|mut a| issue_device_token(&self.state, &mut a).map(|()| a));
-        let auth = match decided {
+            .await;
+        let mut auth = match decided {
             Ok(a) => a,
             Err(refusal) => {
                 info!(code = %refusal.error.code, cause = %refusal.cause, "connect refused");
@@ -257,6 +257,11 @@ where
                 return None;
             }
         };
+        let instance = params.client.instance_id.as_deref().unwrap_or("");
+        issue_device_token(&self.state, &mut auth, instance).await;
+        if let Some(device) = &auth.device_id {
+            self.state.pairing.seen(device);
+        }
         let hello = HelloOk {
             kind: "hello-ok".into(),
             protocol: PROTOCOL_VERSION,
@@ -279,16 +284,6 @@ where
                 tick_interval_ms: self.state.limits.tick_interval_ms,
             },
         };
-        self.record(AuditEntry {
-            event: "connect",
-            started: refused.started,
-            method: &method,
-            role: params.role,
-            subject: Some(&auth.identity.subject),
-            error: None,
-            plugin: auth.plugin.as_deref(),
-            trace: &auth.trace.steps,
-        });
         let payload = serde_json::to_value(&hello).unwrap_or(Value::Null);
         // Register first: a peer told it is connected must already be listed, reachable by
         // `worker.invoke` and covered by revocations. Commands sent before the session loop
@@ -306,9 +301,34 @@ where
                 connected_at_ms: now_ms(),
                 expires_at_ms: auth.identity.expires_at_ms,
                 attributes: auth.identity.attributes.iter().cloned().collect(),
+                device_id: auth.device_id.clone(),
             },
             cmd_tx,
         );
+        // A revocation that landed between the decision and the registration just above
+        // walked the registry without this session: look again now that it is listed.
+        if let Some(device) = &auth.device_id
+            && self.state.pairing.device(device).is_none()
+        {
+            self.state.sessions.remove(&self.conn_id);
+            let e = ErrorBody::new(
+                ErrorCode::Unauthenticated,
+                "the device was revoked; pair again",
+            )
+            .with_details(json!({"reason": "device-revoked"}));
+            self.refuse(refused, e).await;
+            return None;
+        }
+        self.record(AuditEntry {
+            event: "connect",
+            started: refused.started,
+            method: &method,
+            role: params.role,
+            subject: Some(&auth.identity.subject),
+            error: None,
+            plugin: auth.plugin.as_deref(),
+            trace: &auth.trace.steps,
+        });
         if !self.send_json(&ResponseFrame::ok(&frame.id, payload)).await {
             self.state.sessions.remove(&self.conn_id);
             return None;

@@ -96,6 +96,7 @@ async fn invoke(state: &GatewayState, frame: RequestFrame) -> Result<Value, Erro
     let (tx, rx) = oneshot::channel();
     let unavailable = || {
         ErrorBody::new(ErrorCode::Unavailable, "the worker disconnected")
+            .with_details(json!({"reason": "worker-disconnected"}))
             .with_retry_after(Some(1_000))
     };
     worker
@@ -120,6 +121,7 @@ async fn invoke(state: &GatewayState, frame: RequestFrame) -> Result<Value, Erro
         Err(_) => Err(ErrorBody::new(
             ErrorCode::Unavailable,
             "the worker did not answer within the invoke timeout",
-        )),
+        )
+        .with_details(json!({"reason": "invoke-timeout"}))),
     }
 }

@@ -189,7 +189,7 @@ where
             .with_details(json!({"field": "method"}))),
             "invoke.result" if s.auth.role == Role::Worker => s.invocations.answer(&frame),
             "workers.list" | "pairing.list" | "pairing.approve" | "pairing.reject"
-            | "worker.invoke"
+            | "worker.invoke" | "devices.list" | "devices.revoke"
                 if s.auth.role != Role::Operator =>
             {
                 Err(
@@ -200,9 +200,10 @@ where
             "workers.list" => Ok(json!({"workers": self.state.sessions.workers()})),
             "pairing.list" => Ok(json!({
                 "pending": self.state.pairing.pending(),
-                "devices": self.state.pairing.devices(),
+                "devices": self.state.pairing.device_views(&self.state.sessions),
             })),
-            "pairing.approve" | "pairing.reject" => self.decide_pairing(&frame),
+            "pairing.approve" | "pairing.reject" => self.decide_pairing(&frame, s).await,
+            "devices.list" | "devices.revoke" => self.manage_device(&frame, s).await,
             "worker.invoke" => {
                 super::invoke::relay(self.state.clone(), frame, out.clone());
                 return None;
@@ -319,6 +320,7 @@ where
         let fresh = match authenticate(&self.state, &attempt, CachePolicy::Use)
             .await
             .or_file_pairing_request(&self.state, &attempt)
+            .await
         {
             Ok(f) => f,
             Err(r) => {
@@ -346,41 +348,113 @@ where
             )
             .with_details(json!({"reason": "subject-changed"})));
         }
-        let expires = fresh.identity.expires_at_ms;
+        let mut expires = fresh.identity.expires_at_ms;
+        let mut reply = json!({});
+        let mut auth = p.auth;
+        // A device token in the second half of its life is rotated: the new one (for the
+        // same client instance) comes back in the reply and is what re-validation uses from
+        // now on; the old one stops working.
+        if let (Some(token), Some(device)) = (&fresh.presented_token, &fresh.device_id)
+            && self.state.pairing.due_for_rotation(token)
+        {
+            match self
+                .state
+                .pairing
+                .issue_token(device, &token.instance)
+                .await
+            {
+                Ok(Some((new, new_expiry))) => {
+                    info!(device = %device, "device token rotated on reauth");
+                    // The session was bounded by the old token; now by the new one (unless
+                    // a plugin set an earlier bound).
+                    if expires == Some(token.expires_at_ms) {
+                        expires = Some(new_expiry);
+                    }
+                    reply["deviceToken"] = json!(new);
+                    auth.device_token = Some(new);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(device = %device, error = %e, "device token not rotated (will retry at the next reauth)")
+                }
+            }
+        }
+        if let Some(device) = &fresh.device_id {
+            self.state.pairing.seen(device);
+        }
+        reply["expiresAtMs"] = json!(expires);
         s.auth.identity = fresh.identity;
-        s.last_auth = Some(p.auth);
+        s.auth.identity.expires_at_ms = expires;
+        s.last_auth = Some(auth);
         self.state.sessions.update_expiry(&self.conn_id, expires);
         info!(expires_at_ms = ?expires, "reauthenticated");
-        Ok(json!({"expiresAtMs": expires}))
+        Ok(reply)
     }
 
-    fn decide_pairing(&self, frame: &RequestFrame) -> Result<Value, ErrorBody> {
+    /// `pairing.approve` / `pairing.reject` from an operator session; audited with the
+    /// operator as the actor.
+    async fn decide_pairing(&self, frame: &RequestFrame, s: &Session) -> Result<Value, ErrorBody> {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields, rename_all = "camelCase")]
         struct Decide {
             request_id: String,
         }
         let p: Decide = parse_params(&frame.params).map_err(|e| invalid(&e))?;
+        let actor = format!("operator:{}", s.auth.identity.subject);
+        let lifecycle = crate::lifecycle::Lifecycle::new(&self.state, &actor);
         let result = if frame.method == "pairing.approve" {
-            self.state
-                .pairing
+            lifecycle
                 .approve(&p.request_id)
-                .map(|d| json!({"approved": true, "device": d}))
+                .await
+                .map(|d| json!({"approved": true, "device": self.state.pairing.device_view(&d.id, &self.state.sessions)}))
         } else {
-            self.state
-                .pairing
+            lifecycle
                 .reject(&p.request_id)
+                .await
                 .map(|r| json!({"rejected": true, "request": r}))
         };
         result.map_err(|e| pairing_error(&e))
     }
+
+    /// `devices.list` / `devices.revoke` from an operator session.
+    async fn manage_device(&self, frame: &RequestFrame, s: &Session) -> Result<Value, ErrorBody> {
+        if frame.method == "devices.list" {
+            return Ok(json!({"devices": self.state.pairing.device_views(&self.state.sessions)}));
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "camelCase")]
+        struct Revoke {
+            device_id: String,
+        }
+        let p: Revoke = parse_params(&frame.params).map_err(|e| invalid(&e))?;
+        let actor = format!("operator:{}", s.auth.identity.subject);
+        crate::lifecycle::Lifecycle::new(&self.state, &actor)
+            .revoke(&p.device_id)
+            .await
+            .map(|(device, closed)| json!({"revoked": true, "device": device.id, "sessionsClosed": closed}))
+            .map_err(|e| pairing_error(&e))
+    }
 }
 
-/// The protocol's answer to a pairing store failure.
+/// The protocol's answer to a pairing store failure. Ids the client sent are not echoed.
 fn pairing_error(e: &PairingError) -> ErrorBody {
     match e {
-        PairingError::UnknownRequest(_) => ErrorBody::new(ErrorCode::InvalidRequest, e.to_string())
-            .with_details(json!({"field": "params.requestId"})),
+        PairingError::UnknownRequest(_) => ErrorBody::new(
+            ErrorCode::InvalidRequest,
+            "`params.requestId`: no pending pairing request has this id (it may have expired or been decided already)",
+        )
+        .with_details(json!({"field": "params.requestId", "reason": "unknown-request"})),
+        PairingError::UnknownDevice(_) => ErrorBody::new(
+            ErrorCode::InvalidRequest,
+            "`params.deviceId`: no approved device has this id",
+        )
+        .with_details(json!({"field": "params.deviceId", "reason": "unknown-device"})),
+        PairingError::Conflict(_) => ErrorBody::new(
+            ErrorCode::Unavailable,
+            "another replica changed this entry at the same time; look again and retry",
+        )
+        .with_details(json!({"reason": "pairing-conflict"}))
+        .with_retry_after(Some(100)),
         _ => {
             warn!(error = %e, "pairing store failure");
             ErrorBody::new(ErrorCode::Unavailable, "the pairing store is unavailable")

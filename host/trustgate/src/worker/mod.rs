@@ -277,11 +277,17 @@ pub async fn run(
                         .max(Duration::from_secs(1))
                         .min(options.backoff_max)
                 } else if body.code == ErrorCode::Unauthenticated
-                    && reason.as_deref() == Some("device-token-invalid")
+                    && matches!(
+                        reason.as_deref(),
+                        Some("device-token-invalid" | "device-token-expired")
+                    )
                     && let Some(path) = &options.device_key
                     && token_file(path).exists()
                 {
-                    warn!("the stored device token was refused; discarding it and pairing again");
+                    warn!(
+                        reason = reason.as_deref().unwrap_or_default(),
+                        "the stored device token was refused; discarding it and signing in with the device key"
+                    );
                     let _ = std::fs::remove_file(token_file(path));
                     Duration::ZERO
                 } else if body.retryable {
@@ -468,6 +474,14 @@ async fn connect_once(
                         match (r.ok, r.payload, r.error) {
                             (true, Some(p), _) => {
                                 expires_at = p.get("expiresAtMs").and_then(Value::as_u64);
+                                // The gateway rotates a device token in the second half of
+                                // its life; the new one replaces the stored one.
+                                if let (Some(token), Some(path)) =
+                                    (p.get("deviceToken").and_then(Value::as_str), &options.device_key)
+                                    && let Err(e) = fsutil::write_atomic(&token_file(path), token.as_bytes())
+                                {
+                                    warn!(error = %e, "could not store the rotated device token; the next connect will sign again");
+                                }
                                 info!(expires_at_ms = ?expires_at, "reauthenticated");
                                 emit(WorkerEvent::Reauthenticated { expires_at_ms: expires_at });
                             }

@@ -12,7 +12,10 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+use trustgate_protocol::DeviceKey;
 use trustgate_tests::bench::{self, Cluster, proc_cpu_ticks, proc_rss_kib};
+use trustgate_tests::client::{WsClient, connect_params};
 use trustgate_tests::tls::TestCa;
 
 fn machine() -> String {
@@ -761,6 +764,9 @@ fn main() {
         if matches!(which.as_str(), "all" | "languages") {
             languages(&mut out).await;
         }
+        if matches!(which.as_str(), "all" | "cluster") {
+            cluster(&mut out).await;
+        }
     });
     if matches!(which.as_str(), "all" | "load") {
         load(&mut out);
@@ -776,6 +782,218 @@ fn main() {
         std::fs::write(&path, updated).unwrap();
         eprintln!("results written to {path}");
     }
+}
+
+/// The cluster scenario's chain: operators by password, workers by token; devices pair.
+fn cluster_chain() -> String {
+    trustgate_tests::scripted(
+        "operators",
+        r#"decision = "allow", method = "operator-password", token = "s3cret", subject = "ops", roles = ["operator"], skip_pairing = true"#,
+    ) + &trustgate_tests::scripted(
+        "workers",
+        r#"decision = "allow", method = "k8s-sa-trust", token = "good", subject = "system:serviceaccount:w:runner", roles = ["worker"], skip_pairing = true"#,
+    )
+}
+
+async fn cluster_operator(url: &str) -> WsClient {
+    let mut c = WsClient::open(url).await;
+    let res = c
+        .connect(connect_params(
+            "operator",
+            Some(json!({"method": "operator-password", "token": "s3cret"})),
+            None,
+        ))
+        .await;
+    assert_eq!(res["ok"], true, "{res}");
+    c
+}
+
+/// Pairs a fresh device through `gw`'s admin API; returns its key and the request's approval
+/// acknowledgement time.
+async fn pair_device(gw: &trustgate_tests::TestGateway) -> (DeviceKey, Instant) {
+    let key = DeviceKey::generate();
+    let mut c = WsClient::open(&gw.url()).await;
+    let nonce = c.nonce.clone();
+    let res = c
+        .connect(connect_params("worker", None, Some((&key, &nonce))))
+        .await;
+    let rid = res["error"]["details"]["requestId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sent = Instant::now();
+    let status = reqwest::Client::new()
+        .post(format!("{}/api/pairing/{rid}/approve", gw.admin_url()))
+        .bearer_auth(gw.admin_token())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    (key, sent)
+}
+
+async fn cluster(out: &mut String) {
+    use trustgate_tests::nats::NatsServer;
+    writeln!(
+        out,
+        "### 7. Several replicas on NATS (one `nats-server -js` on loopback, three gateways in this process)\n"
+    )
+    .unwrap();
+    let nats = NatsServer::start();
+    let replica = |id: &'static str| {
+        let section = format!(
+            "[cluster]\nbackend = \"nats\"\nservers = [{:?}]\nreplica_id = {id:?}\n[pairing]\nmax_pending_per_address = 256\n[limits]\n{}",
+            nats.url(),
+            bench::LOOPBACK_STORM_LIMITS
+        );
+        async move {
+            let gw = trustgate_tests::gateway(&section, &cluster_chain()).await;
+            gw.running.state.cluster_synced().await;
+            gw
+        }
+    };
+    let a = replica("a").await;
+    let b = replica("b").await;
+    let c = replica("c").await;
+
+    // worker.invoke: a worker on a, invoked by an operator on a and by one on b.
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "good").unwrap();
+    let mut options = trustgate::worker::WorkerOptions::new(a.url());
+    options.k8s_trust = true;
+    options.token_path = token;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (events, mut connected) = tokio::sync::mpsc::unbounded_channel();
+    let worker = tokio::spawn(trustgate::worker::run(options, stopped, Some(events)));
+    let worker_id = loop {
+        if let trustgate::worker::WorkerEvent::Connected(h) = connected.recv().await.unwrap() {
+            break h.server.conn_id;
+        }
+    };
+    let mut same = cluster_operator(&a.url()).await;
+    let mut cross = cluster_operator(&b.url()).await;
+    loop {
+        // b must list the worker before it can route to it
+        let res = cross.request("l", "workers.list", json!({})).await;
+        if res["payload"]["workers"]
+            .as_array()
+            .is_some_and(|w| !w.is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    writeln!(
+        out,
+        "`worker.invoke` of `echo`, 2,000 sequential calls after 200 to warm up:\n"
+    )
+    .unwrap();
+    writeln!(out, "| operator on | p50 | p99 | max |").unwrap();
+    writeln!(out, "|---|---|---|---|").unwrap();
+    let mut p99s = Vec::new();
+    for (label, op) in [
+        ("the worker's replica", &mut same),
+        ("another replica (routed over NATS)", &mut cross),
+    ] {
+        let mut lat = Vec::new();
+        for i in 0..2200 {
+            let t = Instant::now();
+            let res = op
+                .request(
+                    &format!("i{i}"),
+                    "worker.invoke",
+                    json!({"workerId": worker_id, "command": "echo", "args": {"i": i}}),
+                )
+                .await;
+            assert_eq!(res["payload"]["ok"], true, "{res}");
+            if i >= 200 {
+                lat.push(t.elapsed());
+            }
+        }
+        lat.sort();
+        let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q) as usize];
+        p99s.push(p(0.99));
+        writeln!(
+            out,
+            "| {label} | {} | {} | {} |",
+            ms(p(0.5)),
+            ms(p(0.99)),
+            ms(lat[lat.len() - 1])
+        )
+        .unwrap();
+    }
+    let added = p99s[1].saturating_sub(p99s[0]);
+    writeln!(
+        out,
+        "\nCross-replica adds {} at p99 (goal ≤ 2 ms: {}).\n",
+        ms(added),
+        verdict(added <= Duration::from_millis(2))
+    )
+    .unwrap();
+    stop.send(true).unwrap();
+    let _ = worker.await;
+
+    // An approval on a, until b and c have it in their copies.
+    let mut visible = Vec::new();
+    for _ in 0..50 {
+        let (key, sent) = pair_device(&a).await;
+        loop {
+            let everywhere = [&b, &c]
+                .iter()
+                .all(|gw| gw.running.state.pairing().device(&key.id()).is_some());
+            if everywhere {
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        visible.push(sent.elapsed());
+    }
+    visible.sort();
+    writeln!(
+        out,
+        "Approval (admin API on a) until the device is in b's and c's copies, 50 approvals: p50 {}, p99 {}, max {} (goal ≤ 100 ms: {}).\n",
+        ms(visible[24]),
+        ms(visible[48]),
+        ms(visible[49]),
+        verdict(visible[49] <= Duration::from_millis(100))
+    )
+    .unwrap();
+
+    // Device-token handshakes: nats vs file.
+    let file = trustgate_tests::gateway(
+        &format!("[limits]\n{}", bench::LOOPBACK_STORM_LIMITS),
+        &cluster_chain(),
+    )
+    .await;
+    writeln!(out, "Device-token handshakes (connect → hello-ok → close), 8 concurrent clients, 2,000 handshakes:\n").unwrap();
+    writeln!(out, "| backend | handshakes/s | p50 | p99 |").unwrap();
+    writeln!(out, "|---|---|---|---|").unwrap();
+    for (label, gw) in [("file", &file), ("nats", &a)] {
+        let (key, _) = pair_device(gw).await;
+        let mut s = WsClient::open(&gw.url()).await;
+        let nonce = s.nonce.clone();
+        let res = s
+            .connect(connect_params("worker", None, Some((&key, &nonce))))
+            .await;
+        let token = res["payload"]["auth"]["deviceToken"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let auth = json!({"method": "device-token", "deviceToken": token});
+        let _ = bench::handshakes_with(&gw.url(), None, &auth, 8, 200).await;
+        let r = bench::handshakes_with(&gw.url(), None, &auth, 8, 2000).await;
+        writeln!(
+            out,
+            "| {label} | {:.0} | {} | {} |",
+            r.per_second,
+            ms(r.p50),
+            ms(r.p99)
+        )
+        .unwrap();
+    }
+    writeln!(out).unwrap();
 }
 
 fn today() -> String {

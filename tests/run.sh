@@ -16,10 +16,11 @@ if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; the
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
-echo "==> python environment (deployment tests, the Python plugin toolchain)"
+echo "==> python environment (deployment tests, the Python plugin toolchain, nats-server)"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check \
-  -r tests/deploy/requirements.txt -r plugins/sdk-python/requirements.txt
+  -r tests/deploy/requirements.txt -r plugins/sdk-python/requirements.txt \
+  -r tests/cluster-requirements.txt
 
 echo "==> JavaScript plugin toolchain (componentize-js, rolldown; pinned by package-lock.json)"
 npm ci --prefix plugins/sdk-js --no-audit --no-fund --loglevel=error

@@ -56,6 +56,14 @@ VALUE_SETS = {
         },
     ),
     "workers-elsewhere": ("trustgate", {"worker": {"enabled": False}}),
+    "external-nats": (
+        "trustgate",
+        {"nats": {"enabled": False}, "cluster": {"backend": "nats", "servers": ["tls://nats.infra.svc:4222"]}},
+    ),
+    "single-replica-file": (
+        "trustgate",
+        {"gateway": {"replicas": 1, "wsPort": 7400, "adminPort": 7401}, "cluster": {"backend": "file"}, "nats": {"enabled": False}},
+    ),
 }
 
 # Value sets whose config references files only present in a cluster (mounted plugins).
@@ -130,7 +138,7 @@ def test_every_object_passes_strict_schema_validation(source):
 @pytest.mark.parametrize("source", sorted(SOURCES))
 def test_pods_are_hardened(source):
     _, objects = SOURCES[source]
-    deployments = of_kind(objects, "Deployment")
+    deployments = of_kind(objects, "Deployment") + of_kind(objects, "StatefulSet")
     assert deployments
     for d in deployments:
         pod = d["spec"]["template"]["spec"]
@@ -217,10 +225,106 @@ def test_rendered_configuration_is_coherent(source):
         hpas = [h for h in of_kind(objects, "HorizontalPodAutoscaler") if h["spec"]["scaleTargetRef"]["name"] == w["metadata"]["name"]]
         assert len(hpas) == 1 or "replicas" in w["spec"]
 
+    gw_labels = gw["spec"]["template"]["metadata"]["labels"]
     for policy in of_kind(objects, "NetworkPolicy"):
+        selects_gateway = policy["spec"]["podSelector"].get("matchLabels", {}).items() <= gw_labels.items() and policy["spec"]["podSelector"]
+        if not selects_gateway:
+            continue
         for rule in policy["spec"].get("ingress", []):
             for p in rule.get("ports", []):
                 assert p["port"] in (ports["ws"], ports["admin"])
+
+    # the admin token: one Secret for every replica, mounted where the config reads it
+    token_file = config["admin"]["token_file"]
+    mounts = {m["name"]: m["mountPath"] for m in gw_container["volumeMounts"]}
+    volumes = {v["name"]: v for v in gw_pod["volumes"]}
+    secret_mount = [n for n, v in volumes.items() if "secret" in v and token_file.startswith(mounts[n] + "/")]
+    assert len(secret_mount) == 1, "admin.token_file must be in a mounted Secret"
+
+    # no pairing state on a pod's own disk
+    state = [n for n, v in volumes.items() if mounts.get(n) == config["gateway"]["state_dir"]]
+    for n in state:
+        assert "emptyDir" not in volumes[n], "pairing state must not live in an emptyDir"
+    cluster = config.get("cluster", {"backend": "file"})
+    if cluster["backend"] == "file":
+        assert gw["spec"]["replicas"] == 1, "the file backend is one replica"
+        assert state and "persistentVolumeClaim" in volumes[state[0]]
+    else:
+        assert not state
+        assert cluster["servers"]
+        env = {e["name"]: e for e in gw_container.get("env", [])}
+        assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", "the replica id is the pod name"
+
+
+NATS_SOURCES = sorted(s for s in SOURCES if s not in ("helm:external-nats", "helm:single-replica-file"))
+
+
+@pytest.mark.parametrize("source", NATS_SOURCES)
+def test_replicas_share_state_on_a_nats_cluster(source):
+    namespace, objects = SOURCES[source]
+    _, config = gateway_config(objects)
+    gw = one(objects, "Deployment", "gateway")
+    assert gw["spec"]["replicas"] >= 2
+    nats = one(objects, "StatefulSet", "nats")
+    pod = nats["spec"]["template"]["spec"]
+    labels = nats["spec"]["template"]["metadata"]["labels"]
+
+    # three JetStream nodes on persistent volumes, routed to each other by stable names
+    assert nats["spec"]["replicas"] == 3
+    claims = nats["spec"]["volumeClaimTemplates"]
+    assert [c["metadata"]["name"] for c in claims] == ["data"]
+    assert {"name": "data", "mountPath": "/data"} in pod["containers"][0]["volumeMounts"]
+    conf = one(objects, "ConfigMap", "nats")["data"]["nats.conf"]
+    assert "store_dir: /data" in conf
+    headless = one(objects, "Service", "nats-headless")
+    assert headless["spec"]["clusterIP"] == "None" and nats["spec"]["serviceName"] == headless["metadata"]["name"]
+    for i in range(3):
+        assert f"{nats['metadata']['name']}-{i}.{headless['metadata']['name']}.{namespace}.svc:6222" in conf
+
+    # the gateway reaches it through its client Service; buckets replicated on every node
+    client = one(objects, "Service", f"{nats['metadata']['name']}")
+    assert config["cluster"]["backend"] == "nats"
+    assert config["cluster"]["servers"] == [f"nats://{client['metadata']['name']}.{namespace}.svc:4222"]
+    assert [p["port"] for p in client["spec"]["ports"]] == [4222]
+    assert config["cluster"]["bucket_replicas"] == 3
+
+    # disruptions keep a quorum
+    pdb = one(objects, "PodDisruptionBudget", "nats")
+    assert pdb["spec"]["minAvailable"] == 2
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+    # only the gateway reaches NATS; the nodes reach each other on the route port
+    if not of_kind(objects, "NetworkPolicy"):
+        return  # network policies switched off
+    policy = one(objects, "NetworkPolicy", "nats")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    gw_labels = gw["spec"]["template"]["metadata"]["labels"]
+    ingress = policy["spec"]["ingress"]
+    clients = [r for r in ingress if any(p["port"] == 4222 for p in r["ports"])]
+    assert len(clients) == 1
+    assert [f["podSelector"]["matchLabels"].items() <= gw_labels.items() for f in clients[0]["from"]] == [True]
+    routes = [r for r in ingress if any(p["port"] == 6222 for p in r["ports"])]
+    assert [f["podSelector"]["matchLabels"].items() <= labels.items() for f in routes[0]["from"]] == [True]
+    assert {p["port"] for r in ingress for p in r["ports"]} == {4222, 6222}
+    # and the gateway's own egress admits NATS
+    gw_policy = [p for p in of_kind(objects, "NetworkPolicy") if p["spec"]["podSelector"].get("matchLabels", {}).items() <= gw_labels.items() and p["spec"]["podSelector"].get("matchLabels")]
+    assert any(p["port"] == 4222 for pol in gw_policy for r in pol["spec"]["egress"] for p in r.get("ports", []))
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"cluster": {"backend": "file"}}, "replicas to 1"),
+        ({"cluster": {"backend": "nats", "servers": []}, "nats": {"enabled": False}}, "needs a NATS"),
+    ],
+)
+def test_shared_state_misconfigurations_fail_to_render(values, message):
+    chart = helm_python.Chart.load(str(CHART))
+    merged = copy.deepcopy(chart.values)
+    for k, v in values.items():
+        merged[k] = {**merged[k], **v}
+    with pytest.raises(helm_python.HelmError, match=message):
+        chart.render(merged, name="trustgate", namespace="trustgate")
 
 
 def test_tls_values_switch_the_listener_and_the_workers_to_wss():

@@ -396,27 +396,30 @@ pub async fn handshakes(
     clients: usize,
     total: usize,
 ) -> HandshakeReport {
+    let auth = json!({"method": "k8s-sa-trust", "token": token});
+    handshakes_with(url, tls, &auth, clients, total).await
+}
+
+/// Like [`handshakes`], presenting `auth` (e.g. a device token).
+pub async fn handshakes_with(
+    url: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    auth: &serde_json::Value,
+    clients: usize,
+    total: usize,
+) -> HandshakeReport {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..clients {
-        let (url, tls, token, next) = (
-            url.to_string(),
-            tls.clone(),
-            token.to_string(),
-            next.clone(),
-        );
+        let (url, tls, auth, next) = (url.to_string(), tls.clone(), auth.clone(), next.clone());
         handles.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
                 let t = Instant::now();
                 let mut c = WsClient::open_with(&url, tls.clone()).await;
                 let res = c
-                    .connect(connect_params(
-                        "worker",
-                        Some(json!({"method": "k8s-sa-trust", "token": token})),
-                        None,
-                    ))
+                    .connect(connect_params("worker", Some(auth.clone()), None))
                     .await;
                 assert_eq!(res["ok"], true, "{res}");
                 latencies.push(t.elapsed());
@@ -460,16 +463,24 @@ pub async fn join_storm(url: &str, tokens: &[String], workers: usize) -> (Durati
     for i in 0..workers {
         let (url, token) = (url.to_string(), tokens[i % tokens.len()].clone());
         handles.push(tokio::spawn(async move {
-            let mut c = WsClient::open(&url).await;
-            let res = c
-                .connect(connect_params(
-                    "worker",
-                    Some(json!({"method": "k8s-sa-trust", "token": token})),
-                    None,
-                ))
-                .await;
-            assert_eq!(res["ok"], true, "{res}");
-            c
+            // As a real worker does: a retryable refusal (a plugin at its instance cap on a
+            // loaded machine) is retried after `retryAfterMs`.
+            loop {
+                let mut c = WsClient::open(&url).await;
+                let res = c
+                    .connect(connect_params(
+                        "worker",
+                        Some(json!({"method": "k8s-sa-trust", "token": token})),
+                        None,
+                    ))
+                    .await;
+                if res["ok"] == true {
+                    return c;
+                }
+                assert_eq!(res["error"]["retryable"], true, "{res}");
+                let after = res["error"]["retryAfterMs"].as_u64().unwrap_or(100);
+                tokio::time::sleep(Duration::from_millis(after)).await;
+            }
         }));
     }
     let mut clients = Vec::new();

@@ -103,6 +103,7 @@ pub fn spec_reading_credentials(name: &str, path: &str, config: serde_json::Valu
 pub mod bench;
 pub mod client;
 pub mod layering;
+pub mod nats;
 pub mod policies;
 pub mod tls;
 

@@ -318,6 +318,23 @@ async fn decide(
                 )
                 .into());
             }
+            Err(TokenRefusal::Unavailable) => {
+                return Err(Refusal {
+                    error: Box::new(
+                        ErrorBody::new(
+                            ErrorCode::Unavailable,
+                            "the pairing store is still loading; try again",
+                        )
+                        .with_details(json!({"reason": "pairing-store-unavailable"}))
+                        .with_retry_after(Some(1_000)),
+                    ),
+                    cause: "device token not in the local copy, which has not finished loading"
+                        .into(),
+                    plugin: None,
+                    trace: Trace::default(),
+                }
+                .into());
+            }
             Err(TokenRefusal::Unknown) => {
                 return Err(Refusal::new(
                     ErrorCode::Unauthenticated,

@@ -109,6 +109,7 @@ pub async fn explain(config: &Config, input: &ExplainInput) -> Result<Explanatio
         admin_token: String::new(),
         metrics: Metrics::new(),
         audit: Audit::open(&AuditOutput::Off).map_err(StartError::Audit)?,
+        cluster: None,
     };
     let client = ClientInfo {
         id: input.client_id.clone(),

@@ -13,6 +13,7 @@
 mod admin;
 pub mod audit;
 mod authenticate;
+pub mod cluster;
 pub mod config;
 mod connection;
 mod explain;
@@ -39,6 +40,7 @@ use tracing::info;
 
 pub use admin::AdminSettings;
 pub use audit::{Audit, AuditOutput, AuditRecord, AuditSettings};
+pub use cluster::{ClusterError, ClusterSettings, StateBackend};
 pub use config::{Config, ConfigError};
 pub use explain::{ExplainInput, ExplainOutcome, Explanation, explain};
 pub use kube_services::{KubeServices, NO_KUBERNETES};
@@ -75,6 +77,8 @@ pub struct GatewayState {
     admin_token: String,
     pub(crate) metrics: Metrics,
     pub(crate) audit: Audit,
+    /// The NATS cluster this replica belongs to (`[cluster] backend = "nats"`).
+    pub(crate) cluster: Option<Arc<cluster::Nats>>,
 }
 
 impl std::fmt::Debug for GatewayState {
@@ -86,6 +90,12 @@ impl std::fmt::Debug for GatewayState {
 }
 
 impl GatewayState {
+    /// Waits until this replica's copy of the shared pairing state is loaded (at once without
+    /// a cluster).
+    pub async fn cluster_synced(&self) {
+        self.pairing.wait_synced().await;
+    }
+
     /// The chain new handshakes use.
     pub fn chain(&self) -> Arc<Chain> {
         self.chain
@@ -156,6 +166,9 @@ pub enum StartError {
     /// The Kubernetes client could not be set up.
     #[error(transparent)]
     Kubernetes(#[from] trustgate_k8s::SetupError),
+    /// The NATS client could not be set up.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -291,7 +304,20 @@ async fn start_inner(
     let runtime = Runtime::new(config.plugins.clone(), services.clone())?;
     let (chain, plugins) = config.load_chain(&runtime).await?;
     log_chain(&plugins);
-    let pairing = PairingStore::open(&config.pairing_store(), &config.pairing)?;
+    let cluster = match config.cluster.backend {
+        StateBackend::Nats => Some(
+            cluster::Nats::new(
+                &config.cluster,
+                std::time::Duration::from_millis(config.pairing.pending_ttl_ms),
+            )
+            .await?,
+        ),
+        StateBackend::File => None,
+    };
+    let pairing = match &cluster {
+        Some(nats) => PairingStore::open_nats(nats.clone(), &config.pairing),
+        None => PairingStore::open(&config.pairing_store(), &config.pairing)?,
+    };
     let admin_token = admin::load_token(&config.admin_token_file())?;
     let acceptor = match &config.gateway.tls {
         Some(t) => Some(tls::acceptor(&t.cert_file, &t.key_file)?),
@@ -310,6 +336,7 @@ async fn start_inner(
         admin_token,
         metrics: Metrics::new(),
         audit: Audit::open(&config.audit.output).map_err(StartError::Audit)?,
+        cluster: cluster.clone(),
     });
     state
         .metrics
@@ -334,6 +361,9 @@ async fn start_inner(
         state.clone(),
         stopped.clone(),
     ));
+    if let Some(nats) = cluster {
+        tasks.spawn(cluster::run(nats, Arc::downgrade(&state), stopped.clone()));
+    }
     tasks.spawn(admin::serve(admin, state.clone(), stopped));
     // Not in `tasks`: it ends by itself when the state goes.
     tokio::spawn(lifecycle::follow_store(Arc::downgrade(&state)));

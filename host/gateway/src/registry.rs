@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
@@ -40,7 +40,7 @@ pub struct InvokeOutcome {
 }
 
 /// What is known about a live session (as shown by `workers.list` and the admin API).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionInfo {
     /// The connection id (for workers: the `workerId`).
@@ -77,11 +77,22 @@ struct Entry {
 }
 
 /// All live sessions.
-#[derive(Default)]
 pub struct Sessions {
     inner: Mutex<HashMap<String, Entry>>,
     /// Signalled whenever a session leaves (for draining).
     left: Notify,
+    /// Bumped on every change (for publishing the registry to the cluster).
+    version: watch::Sender<u64>,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::default(),
+            left: Notify::new(),
+            version: watch::channel(0).0,
+        }
+    }
 }
 
 impl std::fmt::Debug for Sessions {
@@ -112,6 +123,7 @@ impl Sessions {
                 close,
             },
         );
+        self.changed();
         orders
     }
 
@@ -119,11 +131,23 @@ impl Sessions {
         if let Some(e) = self.lock().get_mut(conn_id) {
             e.info.expires_at_ms = expires_at_ms;
         }
+        self.changed();
     }
 
     pub(crate) fn remove(&self, conn_id: &str) {
         self.lock().remove(conn_id);
         self.left.notify_waiters();
+        self.changed();
+    }
+
+    fn changed(&self) {
+        self.version.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Changes as they happen: the receiver wakes after every registration, expiry change and
+    /// removal (coalesced).
+    pub(crate) fn watch(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
     }
 
     /// Waits until no session is left or `deadline` passes; returns how many are left.

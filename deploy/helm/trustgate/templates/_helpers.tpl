@@ -40,3 +40,21 @@ seccompProfile:
 {{- end }}
 
 {{- define "trustgate.image" -}}{{ printf "%s:%s" .Values.image.repository .Values.image.tag }}{{- end }}
+
+{{- define "trustgate.natsName" -}}{{ printf "%s-nats" .Release.Name | trunc 63 }}{{- end }}
+{{- define "trustgate.adminSecret" -}}{{ default (printf "%s-admin" .Release.Name | trunc 63) .Values.admin.existingSecret }}{{- end }}
+
+{{- define "trustgate.natsSelector" -}}
+app.kubernetes.io/name: trustgate-nats
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Whether the chart runs its own NATS cluster. */}}
+{{- define "trustgate.bundledNats" -}}
+{{- if and (eq .Values.cluster.backend "nats") .Values.nats.enabled (not .Values.cluster.servers) }}true{{ end }}
+{{- end }}
+
+{{/* The NATS URLs the gateway connects to. */}}
+{{- define "trustgate.natsServers" -}}
+{{- if .Values.cluster.servers }}{{ toJson .Values.cluster.servers }}{{ else }}{{ list (printf "nats://%s.%s.svc:4222" (include "trustgate.natsName" .) .Release.Namespace) | toJson }}{{ end }}
+{{- end }}

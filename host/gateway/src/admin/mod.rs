@@ -109,8 +109,13 @@ async fn ready(State(state): State<Arc<GatewayState>>) -> Response {
     if plugins == 0 {
         return (StatusCode::SERVICE_UNAVAILABLE, "no auth chain loaded\n").into_response();
     }
-    axum::Json(json!({"ready": true, "plugins": plugins, "sessions": state.sessions.len()}))
-        .into_response()
+    let mut body = json!({"ready": true, "plugins": plugins, "sessions": state.sessions.len()});
+    // Ready does not wait for NATS (Kubernetes workers never depend on it); whether this
+    // replica's copy of the shared state is loaded is reported beside it.
+    if let Some(nats) = &state.cluster {
+        body["cluster"] = json!({"replica": nats.replica, "synced": state.pairing.synced()});
+    }
+    axum::Json(body).into_response()
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -273,7 +278,7 @@ async fn overview(State(state): State<Arc<GatewayState>>, headers: HeaderMap) ->
         })
         .collect();
     axum::Json(json!({
-        "sessions": state.sessions.list(),
+        "sessions": crate::cluster::sessions_view(&state, false),
         "plugins": plugins,
         "pending": state.pairing.pending(),
         "devices": state.pairing.device_views(&state.sessions),
@@ -285,5 +290,5 @@ async fn list_sessions(State(state): State<Arc<GatewayState>>, headers: HeaderMa
     if let Some(r) = unauthorized(&state, &headers) {
         return r;
     }
-    axum::Json(json!({"sessions": state.sessions.list()})).into_response()
+    axum::Json(json!({"sessions": crate::cluster::sessions_view(&state, false)})).into_response()
 }

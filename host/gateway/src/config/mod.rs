@@ -50,6 +50,9 @@ pub struct Config {
     /// `[audit]`: the audit log.
     #[serde(default)]
     pub audit: AuditSettings,
+    /// `[cluster]`: where state shared between replicas lives (`file` or `nats`).
+    #[serde(default)]
+    pub cluster: crate::cluster::ClusterSettings,
     /// `[plugins]`: sandbox limits and the compile cache.
     #[serde(default)]
     pub plugins: RuntimeSettings,
@@ -111,6 +114,7 @@ impl Config {
         };
         self.limits.validate().map_err(|e| at("limits", e))?;
         self.pairing.validate().map_err(|e| at("pairing", e))?;
+        self.cluster.validate().map_err(|e| at("cluster", e))?;
         self.plugins
             .validate()
             .map_err(|e| at("plugins", (e.key, e.message)))?;
@@ -142,6 +146,12 @@ impl Config {
         }
         self.admin.token_file.as_mut().map(resolve);
         self.pairing.store.as_mut().map(resolve);
+        self.cluster.credentials_file.as_mut().map(resolve);
+        if let Some(tls) = &mut self.cluster.tls {
+            resolve(&mut tls.ca_file);
+            tls.cert_file.as_mut().map(resolve);
+            tls.key_file.as_mut().map(resolve);
+        }
         if let Some(k) = &mut self.kubernetes {
             k.kubeconfig.as_mut().map(resolve);
         }

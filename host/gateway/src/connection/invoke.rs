@@ -85,12 +85,38 @@ async fn invoke(state: &GatewayState, frame: RequestFrame) -> Result<Value, Erro
         json!({})
     }
     let p: Invoke = parse_params(&frame.params).map_err(|e| invalid(&e))?;
-    let Some(worker) = state.sessions.worker_channel(&p.worker_id) else {
+    // A worker on another replica: the invocation travels there and runs as it would here.
+    if state.sessions.worker_channel(&p.worker_id).is_none()
+        && let Some(nats) = &state.cluster
+        && let Some(replica) = nats.registry.replica_of_worker(&p.worker_id)
+    {
+        return crate::cluster::invoke_remote(
+            nats,
+            &replica,
+            &p.worker_id,
+            &p.command,
+            &p.args,
+            state.limits.invoke_timeout(),
+        )
+        .await;
+    }
+    invoke_local(state, &p.worker_id, p.command, p.args).await
+}
+
+/// Runs an invocation on a worker connected to this replica: an operator's here, or one
+/// routed from another replica.
+pub(crate) async fn invoke_local(
+    state: &GatewayState,
+    worker_id: &str,
+    command: String,
+    args: Value,
+) -> Result<Value, ErrorBody> {
+    let Some(worker) = state.sessions.worker_channel(worker_id) else {
         return Err(ErrorBody::new(
             ErrorCode::InvalidRequest,
             "`params.workerId`: no connected worker has this id",
         )
-        .with_details(json!({"field": "params.workerId"})));
+        .with_details(json!({"field": "params.workerId", "reason": "unknown-worker"})));
     };
     let invoke_id = random_id("inv-", 8);
     let (tx, rx) = oneshot::channel();
@@ -102,15 +128,15 @@ async fn invoke(state: &GatewayState, frame: RequestFrame) -> Result<Value, Erro
     worker
         .send(SessionCommand::Invoke {
             invoke_id: invoke_id.clone(),
-            command: p.command,
-            args: p.args,
+            command,
+            args,
             reply: tx,
         })
         .await
         .map_err(|_| unavailable())?;
     match tokio::time::timeout(state.limits.invoke_timeout(), rx).await {
         Ok(Ok(Ok(outcome))) => Ok(json!({
-            "workerId": p.worker_id,
+            "workerId": worker_id,
             "invokeId": invoke_id,
             "ok": outcome.ok,
             "result": outcome.result,

@@ -11,6 +11,8 @@ mod handshake;
 mod invoke;
 mod session;
 
+pub(crate) use invoke::invoke_local;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

@@ -197,7 +197,9 @@ where
                         .with_details(json!({"reason": "operator-only"})),
                 )
             }
-            "workers.list" => Ok(json!({"workers": self.state.sessions.workers()})),
+            "workers.list" => {
+                Ok(json!({"workers": crate::cluster::sessions_view(&self.state, true)}))
+            }
             "pairing.list" => Ok(json!({
                 "pending": self.state.pairing.pending(),
                 "devices": self.state.pairing.device_views(&self.state.sessions),

@@ -6,6 +6,8 @@
 //!   the gateway's one handle on it.
 //! - `file.rs`: one replica; approved devices in a JSON file written atomically and fsynced,
 //!   pending requests in memory.
+//! - `nats.rs`: several replicas; both in NATS JetStream key-value buckets, every change a
+//!   compare-and-set, each replica reading from a watch-fed local copy.
 //!
 //! Reads (`device`, `devices`, `pending`, `device_for_token`) come from the backend's local
 //! state and never wait on I/O, so logins with a device token keep working while a remote
@@ -13,6 +15,7 @@
 //! the backend and fail with [`PairingError::Unavailable`] when it cannot take them.
 
 mod file;
+mod nats;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +30,7 @@ use tokio::sync::broadcast;
 use trustgate_protocol::{Role, now_ms};
 
 pub(crate) use file::FileBackend;
+pub(crate) use nats::{NatsBackend, follow_devices, follow_pending};
 
 /// `[pairing]`: the pairing store and the lifecycle of device tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -217,6 +221,8 @@ pub enum TokenRefusal {
     Unknown,
     /// It was valid and has expired.
     Expired,
+    /// Not found, but the store has not finished loading (NATS not reached yet): retry.
+    Unavailable,
 }
 
 /// Why a pairing operation failed.
@@ -285,6 +291,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// at once, one gets it and the other [`PairingError::UnknownRequest`] or
     /// [`PairingError::Conflict`].
     async fn take_pending(&self, request_id: &str) -> Result<PendingRequest, PairingError>;
+    /// Whether the local copy has been loaded once (a file store always has).
+    fn synced(&self) -> bool {
+        true
+    }
     /// Applies `change` to a device record atomically (compare-and-set where remote).
     async fn update_device(
         &self,
@@ -311,6 +321,8 @@ fn token_hash(token: &str) -> String {
 #[derive(Clone)]
 pub struct PairingStore {
     backend: Arc<dyn Backend>,
+    /// The same backend when it is NATS (the cluster feeds its local copy).
+    nats: Option<Arc<NatsBackend>>,
     settings: PairingSettings,
     /// When this replica last saw each device log in (memory only: not worth a write each).
     last_seen: Arc<Mutex<HashMap<String, u64>>>,
@@ -341,12 +353,39 @@ impl PairingStore {
         Ok(Self::with_backend(Arc::new(backend), settings, events))
     }
 
+    /// The store on NATS, shared with the other replicas.
+    pub(crate) fn open_nats(nats: Arc<crate::cluster::Nats>, settings: &PairingSettings) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        let backend = Arc::new(NatsBackend::new(nats, events.clone()));
+        let mut store = Self::with_backend(backend.clone(), settings, events);
+        store.nats = Some(backend);
+        store
+    }
+
+    /// Whether the local copy of the store has been loaded (always, for a file store).
+    pub fn synced(&self) -> bool {
+        self.backend.synced()
+    }
+
+    /// Waits until the local copy of the store is loaded (at once for a file store).
+    pub async fn wait_synced(&self) {
+        if let Some(nats) = &self.nats {
+            nats.wait_synced().await;
+        }
+    }
+
+    /// The NATS backend, if that is where the store lives.
+    pub(crate) fn nats_backend(&self) -> Option<Arc<NatsBackend>> {
+        self.nats.clone()
+    }
+
     pub(crate) fn with_backend(
         backend: Arc<dyn Backend>,
         settings: &PairingSettings,
         events: broadcast::Sender<StoreEvent>,
     ) -> Self {
         Self {
+            nats: None,
             backend,
             settings: settings.clone(),
             last_seen: Arc::default(),
@@ -643,7 +682,11 @@ impl PairingStore {
                 return Ok((d, t));
             }
         }
-        Err(TokenRefusal::Unknown)
+        if self.backend.synced() {
+            Err(TokenRefusal::Unknown)
+        } else {
+            Err(TokenRefusal::Unavailable)
+        }
     }
 
     /// Whether a token with this expiry is due for rotation (in the second half of its life).

@@ -202,6 +202,13 @@ impl Backend for FileBackend {
         self.lock().devices.get(id).cloned()
     }
 
+    fn find_token(&self, sha256: &str) -> Option<(DeviceRecord, DeviceToken)> {
+        self.lock()
+            .devices
+            .values()
+            .find_map(|d| super::token_of(d, sha256).map(|t| (d.clone(), t)))
+    }
+
     fn pending(&self) -> Vec<PendingRequest> {
         let now = now_ms();
         let mut state = self.lock();

@@ -291,6 +291,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// at once, one gets it and the other [`PairingError::UnknownRequest`] or
     /// [`PairingError::Conflict`].
     async fn take_pending(&self, request_id: &str) -> Result<PendingRequest, PairingError>;
+    /// The device holding a token with this hash, and that token, from local state (only the
+    /// match is copied: this runs on every token login).
+    fn find_token(&self, sha256: &str) -> Option<(DeviceRecord, DeviceToken)>;
     /// Whether the local copy has been loaded once (a file store always has).
     fn synced(&self) -> bool {
         true
@@ -309,6 +312,11 @@ fn address_key(remote_addr: &str) -> Option<crate::preauth::AddrKey> {
         .parse::<std::net::SocketAddr>()
         .ok()
         .map(|a| crate::preauth::AddrKey::from(a.ip()))
+}
+
+/// The token of `record` with this hash, if any.
+fn token_of(record: &DeviceRecord, sha256: &str) -> Option<DeviceToken> {
+    record.tokens.iter().find(|t| t.sha256 == sha256).cloned()
 }
 
 fn token_hash(token: &str) -> String {
@@ -671,16 +679,11 @@ impl PairingStore {
         if !token.starts_with(TOKEN_PREFIX) {
             return Err(TokenRefusal::Unknown);
         }
-        let hash = token_hash(token);
-        let now = now_ms();
-        for d in self.backend.devices() {
-            if let Some(t) = d.tokens.iter().find(|t| t.sha256 == hash) {
-                if t.expires_at_ms <= now {
-                    return Err(TokenRefusal::Expired);
-                }
-                let t = t.clone();
-                return Ok((d, t));
+        if let Some((d, t)) = self.backend.find_token(&token_hash(token)) {
+            if t.expires_at_ms <= now_ms() {
+                return Err(TokenRefusal::Expired);
             }
+            return Ok((d, t));
         }
         if self.backend.synced() {
             Err(TokenRefusal::Unknown)

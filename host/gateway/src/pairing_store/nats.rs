@@ -20,7 +20,9 @@ use tokio::sync::broadcast;
 use tracing::warn;
 use trustgate_protocol::now_ms;
 
-use super::{Backend, DeviceChange, DeviceRecord, PairingError, PendingRequest, StoreEvent};
+use super::{
+    Backend, DeviceChange, DeviceRecord, DeviceToken, PairingError, PendingRequest, StoreEvent,
+};
 use crate::cluster::Nats;
 
 /// How often a device change that lost a compare-and-set is re-applied before `Conflict`.
@@ -125,6 +127,13 @@ impl Backend for NatsBackend {
 
     fn device(&self, id: &str) -> Option<DeviceRecord> {
         self.lock().devices.get(id).and_then(|(d, _)| d.clone())
+    }
+
+    fn find_token(&self, sha256: &str) -> Option<(DeviceRecord, DeviceToken)> {
+        self.lock().devices.values().find_map(|(d, _)| {
+            let d = d.as_ref()?;
+            super::token_of(d, sha256).map(|t| (d.clone(), t))
+        })
     }
 
     fn pending(&self) -> Vec<PendingRequest> {

@@ -1,6 +1,8 @@
 //! Load and abuse on loopback, bounded in count and time: while hundreds of idle, slow and
 //! garbage connections and a flood of failing handshakes come from other addresses, honest
-//! handshakes keep succeeding with a p99 under 50 ms.
+//! handshakes keep succeeding with a p99 under 50 ms — or, on a machine so busy that honest
+//! handshakes alone are slow (the suite under `tests/stress.sh`), within 4× of their p99
+//! without the attack, measured just before it.
 //!
 //! Loopback is a /8 on Linux, so each kind of attacker gets addresses of its own (127.0.0.x)
 //! and the honest client comes from 127.0.0.1, as distinct hosts would.
@@ -34,6 +36,7 @@ async fn honest_handshakes_stay_fast_under_idle_slow_garbage_and_failing_floods(
     )
     .await;
     let url = gw.url();
+    let (_, baseline_p99) = honest_handshakes(&url).await;
     let stop = Arc::new(AtomicBool::new(false));
     let mut attackers = tokio::task::JoinSet::new();
 
@@ -94,11 +97,42 @@ async fn honest_handshakes_stay_fast_under_idle_slow_garbage_and_failing_floods(
         });
     }
 
-    // The honest client: 200 handshakes, one after another, from its own address.
+    // The honest client, under attack.
+    let (p50, p99) = honest_handshakes(&url).await;
+    stop.store(true, Ordering::Relaxed);
+    drop(idle);
+    let drained = tokio::time::timeout(Duration::from_secs(20), async {
+        while attackers.join_next().await.is_some() {}
+    })
+    .await;
+    assert!(
+        drained.is_ok(),
+        "the attackers stop within the handshake deadline"
+    );
+
+    eprintln!(
+        "honest handshakes under abuse: p50 {p50:?}, p99 {p99:?} (without: p99 {baseline_p99:?}); {} failing handshakes, {} garbage connections",
+        refused.load(Ordering::Relaxed),
+        garbage.load(Ordering::Relaxed)
+    );
+    assert!(
+        refused.load(Ordering::Relaxed) > 0 && garbage.load(Ordering::Relaxed) > 0,
+        "the attack ran"
+    );
+    let bound = Duration::from_millis(50).max(baseline_p99 * 4);
+    assert!(
+        p99 < bound,
+        "p99 {p99:?} (p50 {p50:?}); without the attack p99 {baseline_p99:?}"
+    );
+}
+
+/// 200 honest handshakes, one after another, from the honest client's own address; returns
+/// (p50, p99).
+async fn honest_handshakes(url: &str) -> (Duration, Duration) {
     let mut latencies = Vec::with_capacity(200);
     for _ in 0..200 {
         let started = Instant::now();
-        let mut c = WsClient::open_from(&url, addr(1)).await;
+        let mut c = WsClient::open_from(url, addr(1)).await;
         let res = c
             .connect(connect_params(
                 "worker",
@@ -113,28 +147,9 @@ async fn honest_handshakes_stay_fast_under_idle_slow_garbage_and_failing_floods(
         );
         c.close().await;
     }
-    stop.store(true, Ordering::Relaxed);
-    drop(idle);
-    let drained = tokio::time::timeout(Duration::from_secs(20), async {
-        while attackers.join_next().await.is_some() {}
-    })
-    .await;
-    assert!(
-        drained.is_ok(),
-        "the attackers stop within the handshake deadline"
-    );
-
     latencies.sort();
-    let p50 = latencies[latencies.len() / 2];
-    let p99 = latencies[latencies.len() * 99 / 100];
-    eprintln!(
-        "honest handshakes under abuse: p50 {p50:?}, p99 {p99:?}; {} failing handshakes, {} garbage connections",
-        refused.load(Ordering::Relaxed),
-        garbage.load(Ordering::Relaxed)
-    );
-    assert!(
-        refused.load(Ordering::Relaxed) > 0 && garbage.load(Ordering::Relaxed) > 0,
-        "the attack ran"
-    );
-    assert!(p99 < Duration::from_millis(50), "p99 {p99:?} (p50 {p50:?})");
+    (
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() * 99 / 100],
+    )
 }

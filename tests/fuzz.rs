@@ -122,12 +122,18 @@ fn mutate(token: &str, (kind, at, junk): &(usize, usize, String)) -> String {
     }
 }
 
-/// The suite's settings: proptest's case count (or `PROPTEST_CASES`), no failure files
-/// written into the source tree (a failure prints its minimal case instead).
+/// The suite's settings: proptest's case count, at most `max_cases` unless `PROPTEST_CASES`
+/// asks for a number (a long run), and no failure files written into the source tree (a
+/// failure prints its minimal case instead).
 fn config(max_cases: u32) -> ProptestConfig {
     let base = ProptestConfig::default();
+    let cases = if std::env::var_os("PROPTEST_CASES").is_some() {
+        base.cases
+    } else {
+        base.cases.min(max_cases)
+    };
     ProptestConfig {
-        cases: base.cases.min(max_cases),
+        cases,
         failure_persistence: None,
         ..base
     }

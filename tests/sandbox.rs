@@ -148,12 +148,15 @@ async fn a_failing_plugin_denies_the_chain_with_plugin_failed() {
 
 #[tokio::test]
 async fn misbehaving_configure_is_a_load_error_naming_the_plugin() {
-    let rt = runtime(limits(100));
-    for (mode, cause) in [
-        ("configure:loop", "exceeded its CPU deadline"),
-        ("configure:grow", "exceeded its memory cap"),
-        ("configure:trap", "trapped: configure"),
+    // Each fence is given room to be the one that stops the guest: a short deadline for the
+    // loop, a long one for the growth (filling 32 MiB on a starved machine can take longer than
+    // 100 ms of the thread's clock, and the deadline would stop it first).
+    for (mode, deadline_ms, cause) in [
+        ("configure:loop", 100, "exceeded its CPU deadline"),
+        ("configure:grow", 5_000, "exceeded its memory cap"),
+        ("configure:trap", 100, "trapped: configure"),
     ] {
+        let rt = runtime(limits(deadline_ms));
         let err = rt
             .load(&spec(
                 "hostile",

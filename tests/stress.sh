@@ -12,6 +12,9 @@ cores=$(nproc)
 # Build everything once without the hog, so the runs measure the tests, not the compiler.
 ./tests/run.sh >"$out/warmup.log" 2>&1 || { echo "warm-up run failed: see $out/warmup.log"; exit 1; }
 
+# Tests that assert a latency goal (tests/abuse.rs) keep their functional checks and skip the
+# latency bound while the hog holds every core: no software can promise a p99 then.
+export TRUSTGATE_STARVED=1
 hogs=()
 for _ in $(seq "$cores"); do
   ( while :; do :; done ) &

@@ -3,7 +3,8 @@
 //!
 //! - `settings.rs`: `[cluster]`.
 //! - `mod.rs` (here): the NATS connection and its buckets, opened in the background so a
-//!   replica starts (and serves Kubernetes workers and device-token logins) without NATS.
+//!   replica starts (and serves Kubernetes workers and device-token logins) without NATS, and
+//!   the one watch loop (`follow_bucket`) that feeds every local copy of a bucket.
 //! - `registry.rs`: this replica's sessions published to the sessions bucket, the other
 //!   replicas' read from it, and heartbeats that make a crashed replica's sessions vanish.
 //! - `invoke.rs`: the request/reply subject each replica serves invocations on.
@@ -18,6 +19,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
@@ -189,6 +191,58 @@ impl Nats {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         }
+    }
+}
+
+/// Follows a bucket for as long as the gateway runs, resuming after the last revision seen
+/// when the watch breaks (NATS restarted, connection lost).
+pub(crate) async fn follow_bucket(
+    store: kv::Store,
+    what: &'static str,
+    mut apply: impl FnMut(kv::Entry),
+    mut caught_up: impl FnMut(),
+) {
+    let mut last = 0u64;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        // First the current value of every key, then changes; after a break, every change
+        // since the last revision seen (deletions included).
+        let watch = if last == 0 {
+            store.watch_with_history(">").await
+        } else {
+            store.watch_all_from_revision(last + 1).await
+        };
+        match watch {
+            Ok(mut w) => {
+                delay = Duration::from_millis(100);
+                if last == 0
+                    && let Ok(Ok(status)) =
+                        tokio::time::timeout(Duration::from_secs(2), store.status()).await
+                    && status.values() == 0
+                {
+                    caught_up();
+                }
+                while let Some(entry) = w.next().await {
+                    match entry {
+                        Ok(entry) => {
+                            last = last.max(entry.revision);
+                            let done = entry.delta == 0;
+                            apply(entry);
+                            if done {
+                                caught_up();
+                            }
+                        }
+                        Err(e) => {
+                            warn!(bucket = what, error = %e, "watch failed; resuming");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => warn!(bucket = what, error = %e, "cannot watch; retrying"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -140,37 +140,13 @@ impl Registry {
 
 /// Follows the sessions bucket into the local copy, for as long as the gateway runs.
 pub(super) async fn follow(nats: Arc<Nats>, store: kv::Store) {
-    let mut last = 0u64;
-    let mut delay = Duration::from_millis(100);
-    loop {
-        // First the current value of every key, then changes; after a break, every change
-        // since the last revision seen (deletions included).
-        let watch = if last == 0 {
-            store.watch_with_history(">").await
-        } else {
-            store.watch_all_from_revision(last + 1).await
-        };
-        match watch {
-            Ok(mut w) => {
-                delay = Duration::from_millis(100);
-                while let Some(entry) = w.next().await {
-                    match entry {
-                        Ok(entry) => {
-                            last = entry.revision;
-                            nats.registry.apply(&entry);
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "session registry watch failed; resuming");
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(e) => warn!(error = %e, "cannot watch the session registry; retrying"),
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
+    super::follow_bucket(
+        store,
+        "sessions",
+        move |entry| nats.registry.apply(&entry),
+        || {},
+    )
+    .await;
 }
 
 /// Publishes this replica's sessions and heartbeat. Woken by every change to the local

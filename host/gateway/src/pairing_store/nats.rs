@@ -10,12 +10,10 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
 use tokio::sync::broadcast;
 use tracing::warn;
 use trustgate_protocol::now_ms;
@@ -23,7 +21,7 @@ use trustgate_protocol::now_ms;
 use super::{
     Backend, DeviceChange, DeviceRecord, DeviceToken, PairingError, PendingRequest, StoreEvent,
 };
-use crate::cluster::Nats;
+use crate::cluster::{Nats, follow_bucket};
 
 /// How often a device change that lost a compare-and-set is re-applied before `Conflict`.
 const CAS_ATTEMPTS: usize = 5;
@@ -281,63 +279,11 @@ fn kv_key_ok(key: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// Follows a bucket for as long as the gateway runs, resuming after the last revision seen
-/// when the watch breaks (NATS restarted, connection lost).
-async fn follow(
-    store: kv::Store,
-    what: &'static str,
-    mut apply: impl FnMut(kv::Entry),
-    mut caught_up: impl FnMut(),
-) {
-    let mut last = 0u64;
-    let mut delay = Duration::from_millis(100);
-    loop {
-        // First the current value of every key, then changes; after a break, every change
-        // since the last revision seen (deletions included).
-        let watch = if last == 0 {
-            store.watch_with_history(">").await
-        } else {
-            store.watch_all_from_revision(last + 1).await
-        };
-        match watch {
-            Ok(mut w) => {
-                delay = Duration::from_millis(100);
-                if last == 0
-                    && let Ok(Ok(status)) =
-                        tokio::time::timeout(Duration::from_secs(2), store.status()).await
-                    && status.values() == 0
-                {
-                    caught_up();
-                }
-                while let Some(entry) = w.next().await {
-                    match entry {
-                        Ok(entry) => {
-                            last = last.max(entry.revision);
-                            let done = entry.delta == 0;
-                            apply(entry);
-                            if done {
-                                caught_up();
-                            }
-                        }
-                        Err(e) => {
-                            warn!(bucket = what, error = %e, "watch failed; resuming");
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(e) => warn!(bucket = what, error = %e, "cannot watch; retrying"),
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
-}
-
 /// Feeds the local copy of approved devices; a device removed on any replica is announced
 /// here (and its sessions close).
 pub(crate) async fn follow_devices(backend: Arc<NatsBackend>, store: kv::Store) {
     let b = backend.clone();
-    follow(
+    follow_bucket(
         store,
         "devices",
         move |entry| {
@@ -362,7 +308,7 @@ pub(crate) async fn follow_devices(backend: Arc<NatsBackend>, store: kv::Store) 
 
 /// Feeds the local copy of pending requests.
 pub(crate) async fn follow_pending(backend: Arc<NatsBackend>, store: kv::Store) {
-    follow(
+    follow_bucket(
         store,
         "pending",
         move |entry| {

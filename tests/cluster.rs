@@ -141,6 +141,15 @@ async fn eventually<T, F: Future<Output = Option<T>>>(
     }
 }
 
+async fn readyz(gw: &Replica) -> Value {
+    reqwest::get(format!("{}/readyz", gw.admin))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn admin(gw: &Replica, method: &str, path: &str) -> (u16, Value) {
     let client = reqwest::Client::new();
     let url = format!("{}{path}", gw.admin);
@@ -501,8 +510,23 @@ async fn without_nats_logins_go_on_and_writes_are_unavailable_until_it_returns()
         "{res}"
     );
 
+    // While NATS is away each replica says so; the replicas reconnect on their own schedules
+    // (a doubling pause of at most 2 s), so each is waited for by what it reports.
+    for gw in [&a, &b] {
+        eventually("the replica to report NATS lost", || async {
+            (readyz(gw).await["cluster"]["connected"] == false).then_some(())
+        })
+        .await;
+    }
+
     // NATS returns: the same request goes through, and nothing approved was lost.
     nats.resume();
+    for gw in [&a, &b] {
+        eventually("the replica to reach NATS again", || async {
+            (readyz(gw).await["cluster"]["connected"] == true).then_some(())
+        })
+        .await;
+    }
     let res = eventually("writes to work again", || async {
         let (_n, res) = sign_in(&b, &newcomer).await;
         (res["error"]["code"] == "NOT_PAIRED").then_some(res)

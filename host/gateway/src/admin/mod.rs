@@ -111,9 +111,15 @@ async fn ready(State(state): State<Arc<GatewayState>>) -> Response {
     }
     let mut body = json!({"ready": true, "plugins": plugins, "sessions": state.sessions.len()});
     // Ready does not wait for NATS (Kubernetes workers never depend on it); whether this
-    // replica's copy of the shared state is loaded is reported beside it.
+    // replica's copy of the shared state is loaded, and whether it reaches NATS right now (writes
+    // such as approvals need it), are reported beside it.
     if let Some(nats) = &state.cluster {
-        body["cluster"] = json!({"replica": nats.replica, "synced": state.pairing.synced()});
+        let connected = nats.client.connection_state() == async_nats::connection::State::Connected;
+        body["cluster"] = json!({
+            "replica": nats.replica,
+            "synced": state.pairing.synced(),
+            "connected": connected,
+        });
     }
     axum::Json(body).into_response()
 }

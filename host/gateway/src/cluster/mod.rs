@@ -47,6 +47,21 @@ pub enum ClusterError {
     Connect(#[source] async_nats::ConnectError),
 }
 
+/// The longest pause between two attempts to reach NATS again: once NATS is back, every replica
+/// is writing again within about this long (docs/operations.md). The library's default backoff
+/// grows to 4 s; half of it keeps a replica's writes unavailable for less time after an outage
+/// while costing a server at most one connection attempt per replica every 2 s.
+pub(crate) const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
+
+/// The first retry at once, then doubling from 2 ms up to [`MAX_RECONNECT_DELAY`].
+fn reconnect_delay(attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let exp = u32::try_from(attempts - 1).unwrap_or(u32::MAX).min(20);
+    Duration::from_millis(1u64 << exp).min(MAX_RECONNECT_DELAY)
+}
+
 /// The buckets, once opened.
 pub(crate) struct Stores {
     pub(crate) devices: kv::Store,
@@ -85,6 +100,7 @@ impl Nats {
             .name(format!("trustgate-{replica}"))
             .retry_on_initial_connect()
             .max_reconnects(None)
+            .reconnect_delay_callback(reconnect_delay)
             .connection_timeout(Duration::from_millis(settings.request_timeout_ms))
             .ping_interval(Duration::from_secs(5));
         if let Some(path) = &settings.credentials_file {
@@ -320,4 +336,26 @@ pub(crate) fn sessions_view(state: &GatewayState, workers_only: bool) -> Vec<ser
     all.into_iter()
         .map(|s| serde_json::to_value(s).unwrap_or_default())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnecting_starts_at_once_and_never_pauses_longer_than_the_bound() {
+        assert_eq!(reconnect_delay(0), Duration::ZERO);
+        assert_eq!(reconnect_delay(1), Duration::ZERO);
+        assert_eq!(reconnect_delay(2), Duration::from_millis(2));
+        assert_eq!(reconnect_delay(5), Duration::from_millis(16));
+        let mut last = Duration::ZERO;
+        for attempts in 0..10_000 {
+            let d = reconnect_delay(attempts);
+            assert!(d >= last, "the pause never shrinks while NATS stays away");
+            assert!(d <= MAX_RECONNECT_DELAY);
+            last = d;
+        }
+        assert_eq!(last, MAX_RECONNECT_DELAY);
+        assert_eq!(reconnect_delay(usize::MAX), MAX_RECONNECT_DELAY);
+    }
 }

@@ -33,7 +33,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "==> tests"
 node --test plugins/sdk-js/test/
-cargo test --workspace --locked
+# --no-fail-fast: one failing test binary must not hide the others' results.
+cargo test --workspace --locked --no-fail-fast
 
 echo "==> deployment (Helm rendering, Kubernetes 1.37 strict schemas, policy, config check)"
 # The binary `cargo test` built for the CLI tests (same features, no second build).

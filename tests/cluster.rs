@@ -45,7 +45,8 @@ struct Replica {
     ws: String,
     admin: String,
     token: String,
-    _dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl Replica {
@@ -100,7 +101,8 @@ impl Replica {
                 .trim()
                 .to_string(),
             child,
-            _dir: dir,
+            config,
+            dir,
         };
         eventually("the replica to load the shared state", || async {
             let ready: Value = reqwest::get(format!("{}/readyz", replica.admin))
@@ -139,6 +141,34 @@ async fn eventually<T, F: Future<Output = Option<T>>>(
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `trustgate auth explain --role worker --device-key F` with `gw`'s configuration, for a
+/// client proving `key`: (exit status success, stdout and stderr).
+async fn explain_device(gw: &Replica, key: &DeviceKey) -> (bool, String) {
+    use base64::Engine as _;
+    let file = gw.dir.path().join(format!("{}.key", key.id()));
+    std::fs::write(
+        &file,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.seed()),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(CLI)
+        .args(["auth", "explain", "--config"])
+        .arg(&gw.config)
+        .args(["--role", "worker", "--device-key"])
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 async fn readyz(gw: &Replica) -> Value {
@@ -294,6 +324,17 @@ async fn paired_on_one_replica_the_device_logs_in_on_another() {
     let c = Replica::start(&nats, "c", "").await;
     let (_s, res) = sign_in(&c, &key).await;
     assert_eq!(res["payload"]["auth"]["pairing"], "paired", "{res}");
+
+    // So does `auth explain` with a replica's configuration: it reads the devices bucket.
+    let (ok, out) = explain_device(&b, &key).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("outcome: hello-ok as `device:{}`", key.id())),
+        "{out}"
+    );
+    let (ok, out) = explain_device(&b, &DeviceKey::generate()).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("outcome: NOT_PAIRED"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -509,6 +550,14 @@ async fn without_nats_logins_go_on_and_writes_are_unavailable_until_it_returns()
         res["error"]["details"]["reason"], "pairing-store-unavailable",
         "{res}"
     );
+
+    // An explanation needs the approved devices: without NATS it fails, saying why, within
+    // the configured bound (request_timeout_ms = 1000) rather than explaining from nothing.
+    let started = Instant::now();
+    let (ok, out) = explain_device(&b, &key).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("NATS did not answer within 1s"), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{out}");
 
     // While NATS is away each replica says so; the replicas reconnect on their own schedules
     // (a doubling pause of at most 2 s), so each is waited for by what it reports.

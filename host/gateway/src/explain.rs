@@ -1,19 +1,24 @@
 //! `trustgate auth explain`: one authentication decision made offline, the way a handshake
 //! would make it — the configured chain, the configured Kubernetes client, the pairing store —
 //! reported with every plugin's step and the answer a client would get. Nothing is written:
-//! no pairing request is filed, no device token issued.
+//! no pairing request is filed, no device token issued. With `cluster.backend = "nats"` the
+//! approved devices are read from the cluster's bucket (bounded by `cluster.request_timeout_ms`;
+//! an unreachable NATS is an error, not an empty store).
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use trustgate_protocol::{AuthParams, ClientInfo, ErrorBody, Pairing, Role};
 use trustgate_runtime::{CachePolicy, HostServices, Runtime, Step};
 
 use crate::authenticate::{Attempt, Decision, authenticate};
+use crate::cluster::{Nats, load_devices_read_only};
+use crate::pairing_store::PairingError;
 use crate::{
     Audit, AuditOutput, Config, GatewayState, KubeServices, LoadedChain, Metrics, NO_KUBERNETES,
-    PairingStore, Sessions, StartError,
+    PairingStore, Sessions, StartError, StateBackend,
 };
 
 /// What a client presents, for [`explain`].
@@ -96,9 +101,30 @@ pub async fn explain(config: &Config, input: &ExplainInput) -> Result<Explanatio
     settings.cache_dir = None;
     let runtime = Runtime::new(settings, services)?;
     let (chain, plugins) = config.load_chain(&runtime).await?;
+    // The approved devices where the gateway keeps them: the file, or the cluster's bucket on
+    // NATS (read, never written; this process does not join the cluster).
+    let (pairing, follow) = match config.cluster.backend {
+        StateBackend::File => (
+            PairingStore::open_read_only(&config.pairing_store(), &config.pairing)?,
+            None,
+        ),
+        StateBackend::Nats => {
+            let nats = Nats::new(
+                &config.cluster,
+                Duration::from_millis(config.pairing.pending_ttl_ms),
+            )
+            .await?;
+            let store = PairingStore::open_nats(nats.clone(), &config.pairing);
+            let backend = store
+                .nats_backend()
+                .ok_or(PairingError::Unavailable("no NATS backend".into()))?;
+            let follow = load_devices_read_only(&nats, backend).await?;
+            (store, Some(follow))
+        }
+    };
     let state = GatewayState {
         limits: config.limits.clone(),
-        pairing: PairingStore::open_read_only(&config.pairing_store(), &config.pairing)?,
+        pairing,
         sessions: Sessions::default(),
         connections: AtomicUsize::new(0),
         preauth: Arc::new(crate::preauth::PreAuth::new(&config.limits)),
@@ -132,35 +158,37 @@ pub async fn explain(config: &Config, input: &ExplainInput) -> Result<Explanatio
         auth: Some(&auth),
         device: input.device.clone(),
     };
-    Ok(
-        match authenticate(&state, &attempt, CachePolicy::Use).await {
-            Decision::Allowed(a) => Explanation {
-                steps: a.trace.steps,
-                subject: Some(a.identity.subject.clone()),
-                outcome: ExplainOutcome::Connected {
-                    subject: a.identity.subject,
-                    method: a.identity.method,
-                    role: a.role,
-                    pairing: a.pairing,
-                    expires_at_ms: a.identity.expires_at_ms,
-                },
-            },
-            Decision::Refused(r) => Explanation {
-                steps: r.trace.steps,
-                subject: r.trace.subject,
-                outcome: ExplainOutcome::Refused {
-                    error: r.error,
-                    cause: r.cause,
-                },
-            },
-            Decision::PairingRequired(p) => Explanation {
-                steps: p.trace.steps,
-                subject: p.trace.subject,
-                outcome: ExplainOutcome::NotPaired {
-                    message: p.message.to_string(),
-                    cause: format!("{}; device {} not paired", p.cause, p.device_id),
-                },
+    let decision = authenticate(&state, &attempt, CachePolicy::Use).await;
+    if let Some(follow) = follow {
+        follow.abort();
+    }
+    Ok(match decision {
+        Decision::Allowed(a) => Explanation {
+            steps: a.trace.steps,
+            subject: Some(a.identity.subject.clone()),
+            outcome: ExplainOutcome::Connected {
+                subject: a.identity.subject,
+                method: a.identity.method,
+                role: a.role,
+                pairing: a.pairing,
+                expires_at_ms: a.identity.expires_at_ms,
             },
         },
-    )
+        Decision::Refused(r) => Explanation {
+            steps: r.trace.steps,
+            subject: r.trace.subject,
+            outcome: ExplainOutcome::Refused {
+                error: r.error,
+                cause: r.cause,
+            },
+        },
+        Decision::PairingRequired(p) => Explanation {
+            steps: p.trace.steps,
+            subject: p.trace.subject,
+            outcome: ExplainOutcome::NotPaired {
+                message: p.message.to_string(),
+                cause: format!("{}; device {} not paired", p.cause, p.device_id),
+            },
+        },
+    })
 }

@@ -28,7 +28,7 @@ pub(crate) use registry::{ClusterSession, Registry};
 pub use settings::{Buckets, ClusterSettings, ClusterTls, StateBackend};
 
 use crate::GatewayState;
-use crate::pairing_store::PairingError;
+use crate::pairing_store::{NatsBackend, PairingError};
 
 /// Why the NATS connection could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,25 @@ pub enum ClusterError {
     /// The client could not be created.
     #[error("cannot set up the NATS client: {0}")]
     Connect(#[source] async_nats::ConnectError),
+    /// A bucket could not be opened (`auth explain`, which never creates one).
+    #[error("cannot open the NATS bucket `{bucket}` (cluster.buckets): {source}")]
+    Bucket {
+        /// The bucket.
+        bucket: String,
+        /// Why.
+        #[source]
+        source: async_nats::jetstream::context::KeyValueError,
+    },
+    /// NATS did not answer, or the devices were not read to their end, within the bound.
+    #[error("NATS did not answer within {waited:?} while {what} (cluster.servers: {servers:?})")]
+    Unreachable {
+        /// What was being done.
+        what: &'static str,
+        /// How long it was given.
+        waited: Duration,
+        /// The configured servers.
+        servers: Vec<String>,
+    },
 }
 
 /// The longest pause between two attempts to reach NATS again: once NATS is back, every replica
@@ -260,6 +279,45 @@ pub(crate) async fn follow_bucket(
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Loads the approved devices from NATS into `pairing`'s local copy for a look that changes
+/// nothing (`auth explain`): the devices bucket is opened, never created, no session or
+/// heartbeat is published and nothing is served. Returns once the copy holds every device, with
+/// the task that keeps following the bucket (abort it when done); each step is bounded by
+/// `cluster.request_timeout_ms`.
+pub(crate) async fn load_devices_read_only(
+    nats: &Nats,
+    pairing: Arc<NatsBackend>,
+) -> Result<tokio::task::JoinHandle<()>, ClusterError> {
+    let bound = nats.op_timeout();
+    let unreachable = |what| ClusterError::Unreachable {
+        what,
+        waited: bound,
+        servers: nats.settings.servers.clone(),
+    };
+    let bucket = nats.settings.buckets.devices.clone();
+    let store = match tokio::time::timeout(bound, nats.js.get_key_value(bucket.clone())).await {
+        Ok(Ok(store)) => store,
+        // A request that failed because no server is reachable is said as that, not as the
+        // client library's chain of timeouts.
+        Err(_) => return Err(unreachable("opening the devices bucket")),
+        Ok(Err(_))
+            if nats.client.connection_state() != async_nats::connection::State::Connected =>
+        {
+            return Err(unreachable("opening the devices bucket"));
+        }
+        Ok(Err(source)) => return Err(ClusterError::Bucket { bucket, source }),
+    };
+    let follow = tokio::spawn(crate::pairing_store::follow_devices(pairing.clone(), store));
+    if tokio::time::timeout(bound, pairing.wait_synced())
+        .await
+        .is_err()
+    {
+        follow.abort();
+        return Err(unreachable("reading the approved devices"));
+    }
+    Ok(follow)
 }
 
 /// Runs this replica's part of the cluster for as long as the gateway does: opens the buckets,

@@ -28,6 +28,76 @@ fn cli(dir: &Path, args: &[&str]) -> (bool, String) {
     )
 }
 
+/// CEL's macros bind variables of their own (`exists(g, ...)`), which are neither the
+/// policy's variables nor unknown ones; each call reads only the fields the rules select, and
+/// every field a rule selects is there.
+#[test]
+fn cel_rules_with_macros_decide_through_the_builtin() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.toml"),
+        r#"
+[[rules]]
+deny = 'identity.groups.exists(g, g.startsWith("banned-"))'
+reason = "banned-group"
+
+[[rules]]
+allow = 'request.role == "worker" && identity.attributes.namespace.startsWith("prod-") && peer.tls'
+
+[[rules]]
+allow = 'size(identity.groups) > 0 && identity.groups.all(request, request.endsWith("-team"))'
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("cases.toml"),
+        r#"
+[[case]]
+name = "a banned group is refused first"
+tls = true
+identity = { subject = "a", groups = ["ok-team", "banned-x"], attributes = { namespace = "prod-a" } }
+expect = { decision = "deny", code = "forbidden", reason = "banned-group" }
+
+[[case]]
+name = "a prod worker over TLS"
+tls = true
+identity = { subject = "w", attributes = { namespace = "prod-a" } }
+expect = { decision = "allow", subject = "w" }
+
+[[case]]
+name = "the same worker without TLS matches nothing"
+identity = { subject = "w", attributes = { namespace = "prod-a" } }
+expect = { decision = "deny", code = "forbidden", reason = "no-rule-matched" }
+
+[[case]]
+name = "teams only, named by a macro variable that shadows request"
+identity = { subject = "t", groups = ["a-team", "b-team"] }
+expect = { decision = "allow", subject = "t" }
+
+[[case]]
+name = "one group that is no team"
+identity = { subject = "t", groups = ["a-team", "other"] }
+expect = { decision = "deny", code = "forbidden", reason = "no-rule-matched" }
+"#,
+    )
+    .unwrap();
+    let (ok, out) = cli(
+        dir.path(),
+        &[
+            "plugin",
+            "test",
+            "--builtin",
+            "cel",
+            "--config",
+            "rules.toml",
+            "--cases",
+            "cases.toml",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("5 of 5 cases passed"), "{out}");
+}
+
 #[test]
 fn plugin_test_reports_a_wrong_expectation_with_a_diff_and_fails() {
     let dir = tempfile::tempdir().unwrap();

@@ -33,13 +33,14 @@
 //! that does not exist or a result that is not a boolean is a configuration error naming the
 //! rule's key.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use cel::common::ast::{EntryExpr, Expr, MapExpr, StructExpr};
 use cel::common::types::{
     CelBool, CelList, CelMap, CelMapKey, CelNull, CelString, CelTimestamp, CelUInt,
 };
-use cel::{Context, Env, Program, Value};
+use cel::{Context, Env, IdedExpr, Program, Value};
 use serde::Deserialize;
 use trustgate_plugin_sdk::{
     Cidr, Decision, DenyCode, Identity, Narrowing, Plugin, Request, deny, now_ms, parse_ip,
@@ -116,13 +117,144 @@ struct Rule {
     effect: Effect,
 }
 
-/// Which variables some rule reads, so a call fetches only those facts.
-#[derive(Default)]
+/// What the rules read of one variable, so a call asks the gateway for nothing more: each host
+/// call and each map entry costs, and most rules read two or three fields.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Need {
+    /// The variable is used as a whole (compared, passed to a function, iterated): every field.
+    all: bool,
+    /// The fields selected from it (`request.role` → `role`).
+    fields: BTreeSet<String>,
+}
+
+impl Need {
+    fn any(&self) -> bool {
+        self.all || !self.fields.is_empty()
+    }
+
+    fn wants(&self, field: &str) -> bool {
+        self.all || self.fields.contains(field)
+    }
+}
+
+/// The identifiers an expression may use besides the variables: CEL's type names.
+const TYPE_NAMES: [&str; 10] = [
+    "bool",
+    "bytes",
+    "double",
+    "int",
+    "list",
+    "map",
+    "null_type",
+    "string",
+    "type",
+    "uint",
+];
+
+/// What some rule reads, collected from the compiled expressions.
+#[derive(Debug, Default)]
 struct Reads {
-    request: bool,
-    peer: bool,
-    identity: bool,
+    request: Need,
+    peer: Need,
+    identity: Need,
     now: bool,
+    /// The first identifier that is neither a variable, a type nor bound by a macro.
+    unknown: Option<String>,
+}
+
+impl Reads {
+    /// What `program` reads.
+    fn of(program: &Program) -> Self {
+        let mut reads = Self::default();
+        // The walk matches every kind of expression node (no wildcard arm), so a new kind in
+        // the CEL crate is a compile error here rather than a variable read unnoticed.
+        reads.walk(program.expression(), &mut Vec::new());
+        reads
+    }
+
+    /// Adds what another rule reads.
+    fn merge(&mut self, other: Reads) {
+        for (mine, theirs) in [
+            (&mut self.request, other.request),
+            (&mut self.peer, other.peer),
+            (&mut self.identity, other.identity),
+        ] {
+            mine.all |= theirs.all;
+            mine.fields.extend(theirs.fields);
+        }
+        self.now |= other.now;
+    }
+
+    fn need_mut(&mut self, variable: &str) -> Option<&mut Need> {
+        match variable {
+            "request" => Some(&mut self.request),
+            "peer" => Some(&mut self.peer),
+            "identity" => Some(&mut self.identity),
+            _ => None,
+        }
+    }
+
+    /// Walks `e`; `bound` holds the names macros (`exists`, `all`, `map`, `filter`) bind
+    /// around it, which shadow the variables.
+    fn walk(&mut self, e: &IdedExpr, bound: &mut Vec<String>) {
+        match &e.expr {
+            Expr::Select(s) => match &s.operand.expr {
+                Expr::Ident(name) if !bound.contains(name) && self.need_mut(name).is_some() => {
+                    if let Some(need) = self.need_mut(name) {
+                        need.fields.insert(s.field.clone());
+                    }
+                }
+                _ => self.walk(&s.operand, bound),
+            },
+            Expr::Ident(name) => {
+                if bound.contains(name) {
+                } else if let Some(need) = self.need_mut(name) {
+                    need.all = true;
+                } else if name == "now" {
+                    self.now = true;
+                } else if !TYPE_NAMES.contains(&name.as_str()) && self.unknown.is_none() {
+                    self.unknown = Some(name.clone());
+                }
+            }
+            Expr::Call(c) => {
+                if let Some(target) = &c.target {
+                    self.walk(target, bound);
+                }
+                for a in &c.args {
+                    self.walk(a, bound);
+                }
+            }
+            Expr::Comprehension(c) => {
+                self.walk(&c.iter_range, bound);
+                self.walk(&c.accu_init, bound);
+                let depth = bound.len();
+                bound.push(c.iter_var.clone());
+                bound.extend(c.iter_var2.clone());
+                bound.push(c.accu_var.clone());
+                for part in [&c.loop_cond, &c.loop_step, &c.result] {
+                    self.walk(part, bound);
+                }
+                bound.truncate(depth);
+            }
+            Expr::List(l) => {
+                for element in &l.elements {
+                    self.walk(element, bound);
+                }
+            }
+            Expr::Map(MapExpr { entries }) | Expr::Struct(StructExpr { entries, .. }) => {
+                for entry in entries {
+                    match &entry.expr {
+                        EntryExpr::StructField(f) => self.walk(&f.value, bound),
+                        EntryExpr::MapEntry(m) => {
+                            self.walk(&m.key, bound);
+                            self.walk(&m.value, bound);
+                        }
+                    }
+                }
+            }
+            Expr::Literal(_) | Expr::Unspecified => {}
+        }
+    }
 }
 
 /// The configured plugin.
@@ -135,59 +267,32 @@ pub struct Cel {
 
 // === The variables expressions see ===
 
-#[derive(Clone)]
-struct RequestVar {
-    role: String,
-    scopes: Vec<String>,
-    method: String,
-    device: Option<DeviceVar>,
-}
-
-#[derive(Clone)]
-struct DeviceVar {
-    id: String,
-}
-
-#[derive(Clone)]
-struct PeerVar {
-    ip: String,
-    addr: String,
-    tls: bool,
-    client_id: String,
-    client_version: String,
-    platform: Option<String>,
-    instance_id: Option<String>,
-    conn_id: String,
-}
-
-#[derive(Clone)]
-struct IdentityVar {
-    subject: String,
-    method: String,
-    groups: Vec<String>,
-    attributes: BTreeMap<String, String>,
-    roles: Vec<String>,
-    scopes: Vec<String>,
-    expires_at_ms: Option<u64>,
-    skip_pairing: bool,
-}
-
 // The variables are built as CEL values directly: going through serde (`cel::to_value`) and
 // the `Value` enum (deep-copied into `Val`s when bound) cost ten times as much as evaluating a
 // five-rule policy. Field names are borrowed, never allocated.
 
 type Val = Box<dyn cel::common::value::Val + 'static>;
 
-fn map<const N: usize>(fields: [(&'static str, Val); N]) -> Val {
-    let map: HashMap<CelMapKey<'static>, Val> = fields
-        .into_iter()
-        .map(|(k, v)| (CelMapKey::from(k), v))
-        .collect();
-    Box::new(CelMap::from(map))
+/// One field of a variable: its name, how a call reads it from the gateway, and the value the
+/// configure-time dry run gives it. One table per variable, so what a call reads, what the map
+/// holds and what configuration checks against can never disagree.
+struct Field<R> {
+    name: &'static str,
+    read: R,
+    sample: fn() -> Val,
 }
+
+/// How a call reads one field from its source.
+type ReadFrom<S> = fn(&S) -> Val;
+type FromRequest = for<'a, 'b> fn(&'a Request<'b>) -> Val;
+type FromIdentity = for<'a, 'b> fn(&'a Identity<'b>) -> Val;
 
 fn string(s: String) -> Val {
     Box::new(CelString::from(s))
+}
+
+fn text(s: &'static str) -> Val {
+    string(s.to_string())
 }
 
 fn strings(list: Vec<String>) -> Val {
@@ -208,109 +313,192 @@ fn optional(s: Option<String>) -> Val {
     s.map_or_else(null, string)
 }
 
-impl RequestVar {
-    fn value(self) -> Val {
-        map([
-            ("role", string(self.role)),
-            ("scopes", strings(self.scopes)),
-            ("method", string(self.method)),
-            (
-                "device",
-                self.device
-                    .map_or_else(null, |d| map([("id", string(d.id))])),
-            ),
-        ])
-    }
+fn map(fields: impl IntoIterator<Item = (&'static str, Val)>) -> Val {
+    let map: HashMap<CelMapKey<'static>, Val> = fields
+        .into_iter()
+        .map(|(k, v)| (CelMapKey::from(k), v))
+        .collect();
+    Box::new(CelMap::from(map))
 }
 
-impl PeerVar {
-    fn value(self) -> Val {
-        map([
-            ("ip", string(self.ip)),
-            ("addr", string(self.addr)),
-            ("tls", boolean(self.tls)),
-            ("client_id", string(self.client_id)),
-            ("client_version", string(self.client_version)),
-            ("platform", optional(self.platform)),
-            ("instance_id", optional(self.instance_id)),
-            ("conn_id", string(self.conn_id)),
-        ])
-    }
+/// `request`.
+const REQUEST: &[Field<FromRequest>] = &[
+    Field {
+        name: "role",
+        read: |r| string(r.role().to_string()),
+        sample: || text("worker"),
+    },
+    Field {
+        name: "scopes",
+        read: |r| strings(r.scopes()),
+        sample: || strings(vec!["scope".into()]),
+    },
+    Field {
+        name: "method",
+        read: |r| string(r.method().to_string()),
+        sample: || text("method"),
+    },
+    Field {
+        name: "device",
+        read: |r| {
+            r.device()
+                .map_or_else(null, |d| map([("id", string(d.id))]))
+        },
+        sample: || map([("id", text("id"))]),
+    },
+];
+
+/// `peer`.
+const PEER: &[Field<FromRequest>] = &[
+    Field {
+        name: "ip",
+        read: |r| string(r.ip().map(|ip| ip.to_string()).unwrap_or_default()),
+        sample: || text("10.0.0.1"),
+    },
+    Field {
+        name: "addr",
+        read: |r| string(r.remote_addr().to_string()),
+        sample: || text("10.0.0.1:40000"),
+    },
+    Field {
+        name: "tls",
+        read: |r| boolean(r.tls()),
+        sample: || boolean(true),
+    },
+    Field {
+        name: "client_id",
+        read: |r| string(r.client().id),
+        sample: || text("client"),
+    },
+    Field {
+        name: "client_version",
+        read: |r| string(r.client().version),
+        sample: || text("1"),
+    },
+    Field {
+        name: "platform",
+        read: |r| optional(r.client().platform),
+        sample: || text("linux"),
+    },
+    Field {
+        name: "instance_id",
+        read: |r| optional(r.client().instance_id),
+        sample: || text("pod"),
+    },
+    Field {
+        name: "conn_id",
+        read: |r| string(r.conn_id()),
+        sample: || text("c-1"),
+    },
+];
+
+/// `identity`. Its `attributes` sample is replaced by the dry run's growing one.
+const IDENTITY: &[Field<FromIdentity>] = &[
+    Field {
+        name: "subject",
+        read: |i| string(i.subject().to_string()),
+        sample: || text("subject"),
+    },
+    Field {
+        name: "method",
+        read: |i| string(i.method()),
+        sample: || text("method"),
+    },
+    Field {
+        name: "groups",
+        read: |i| strings(i.groups()),
+        sample: || strings(vec!["group".into()]),
+    },
+    Field {
+        name: "attributes",
+        read: |i| attributes(i.attributes()),
+        sample: || attributes(Vec::new()),
+    },
+    Field {
+        name: "roles",
+        read: |i| strings(i.roles()),
+        sample: || strings(vec!["worker".into()]),
+    },
+    Field {
+        name: "scopes",
+        read: |i| strings(i.scopes()),
+        sample: || strings(vec!["scope".into()]),
+    },
+    Field {
+        name: "expires_at_ms",
+        read: |i| {
+            i.expires_at_ms()
+                .map_or_else(null, |ms| Box::new(CelUInt::from(ms)) as Val)
+        },
+        sample: || Box::new(CelUInt::from(0u64)),
+    },
+    Field {
+        name: "skip_pairing",
+        read: |i| boolean(i.skip_pairing()),
+        sample: || boolean(false),
+    },
+];
+
+fn attributes(pairs: Vec<(String, String)>) -> Val {
+    let map: HashMap<CelMapKey<'static>, Val> = pairs
+        .into_iter()
+        .map(|(k, v)| (CelMapKey::from(k), string(v)))
+        .collect();
+    Box::new(CelMap::from(map))
 }
 
-impl IdentityVar {
-    fn value(self) -> Val {
-        let attributes: HashMap<CelMapKey<'static>, Val> = self
-            .attributes
-            .into_iter()
-            .map(|(k, v)| (CelMapKey::from(k), string(v)))
-            .collect();
-        map([
-            ("subject", string(self.subject)),
-            ("method", string(self.method)),
-            ("groups", strings(self.groups)),
-            ("attributes", Box::new(CelMap::from(attributes))),
-            ("roles", strings(self.roles)),
-            ("scopes", strings(self.scopes)),
-            (
-                "expires_at_ms",
-                self.expires_at_ms
-                    .map_or_else(null, |ms| Box::new(CelUInt::from(ms)) as Val),
-            ),
-            ("skip_pairing", boolean(self.skip_pairing)),
-        ])
-    }
+/// The fields of one variable that `need` asks for, read from `source`.
+fn read<S: ?Sized>(fields: &[Field<ReadFrom<S>>], need: &Need, source: &S) -> Val {
+    map(fields
+        .iter()
+        .filter(|f| need.wants(f.name))
+        .map(|f| (f.name, (f.read)(source))))
+}
+
+/// Every field of one variable with its sample value.
+fn sample<R>(fields: &[Field<R>]) -> Vec<(&'static str, Val)> {
+    fields.iter().map(|f| (f.name, (f.sample)())).collect()
 }
 
 /// How many attribute keys the configure-time dry run adds to its sample identity.
 const MAX_SAMPLE_ATTRIBUTES: usize = 64;
 
-fn sample() -> (RequestVar, PeerVar, IdentityVar) {
-    (
-        RequestVar {
-            role: "worker".into(),
-            scopes: vec!["scope".into()],
-            method: "method".into(),
-            device: Some(DeviceVar { id: "id".into() }),
-        },
-        PeerVar {
-            ip: "10.0.0.1".into(),
-            addr: "10.0.0.1:40000".into(),
-            tls: true,
-            client_id: "client".into(),
-            client_version: "1".into(),
-            platform: Some("linux".into()),
-            instance_id: Some("pod".into()),
-            conn_id: "c-1".into(),
-        },
-        IdentityVar {
-            subject: "subject".into(),
-            method: "method".into(),
-            groups: vec!["group".into()],
-            attributes: [
-                "namespace",
-                "service-account",
-                "pod-name",
-                "pod-uid",
-                "node-name",
-            ]
-            .into_iter()
-            .map(|k| (k.to_string(), "value".to_string()))
-            .collect(),
-            roles: vec!["worker".into()],
-            scopes: vec!["scope".into()],
-            expires_at_ms: Some(0),
-            skip_pairing: false,
-        },
-    )
+/// The attribute keys the sample identity starts with (those `k8s-sa-trust` sets).
+const SAMPLE_ATTRIBUTES: [&str; 5] = [
+    "namespace",
+    "service-account",
+    "pod-name",
+    "pod-uid",
+    "node-name",
+];
+
+/// How many parsed `inCidr` networks a thread keeps; rules name a handful of constants.
+const MAX_CACHED_NETWORKS: usize = 64;
+
+thread_local! {
+    /// Networks of `inCidr` calls already parsed: a rule's network is almost always a
+    /// constant, and parsing it again on every call cost as much as the rest of the rule.
+    static NETWORKS: std::cell::RefCell<HashMap<String, Cidr>> = std::cell::RefCell::default();
 }
 
 /// `inCidr(ip, cidr)`: whether the address is in the network. A malformed address or network is
 /// an evaluation error (which denies).
 fn in_cidr(ip: Arc<String>, cidr: Arc<String>) -> Result<bool, cel::ExecutionError> {
-    let net: Cidr = cidr
-        .parse()
-        .map_err(|_| cel::ExecutionError::function_error("inCidr", "not a network"))?;
+    let net = match NETWORKS.with(|n| n.borrow().get(cidr.as_str()).copied()) {
+        Some(net) => net,
+        None => {
+            let net: Cidr = cidr
+                .parse()
+                .map_err(|_| cel::ExecutionError::function_error("inCidr", "not a network"))?;
+            NETWORKS.with(|n| {
+                let mut n = n.borrow_mut();
+                if n.len() < MAX_CACHED_NETWORKS {
+                    n.insert(cidr.to_string(), net);
+                }
+            });
+            net
+        }
+    };
     let ip = parse_ip(&ip)
         .ok_or_else(|| cel::ExecutionError::function_error("inCidr", "not an IP address"))?;
     Ok(net.contains(&ip))
@@ -318,20 +506,20 @@ fn in_cidr(ip: Arc<String>, cidr: Arc<String>) -> Result<bool, cel::ExecutionErr
 
 fn context<'a>(
     env: &Arc<Env>,
-    request: Option<RequestVar>,
-    peer: Option<PeerVar>,
-    identity: Option<Option<IdentityVar>>,
+    request: Option<Val>,
+    peer: Option<Val>,
+    identity: Option<Val>,
     now: Option<u64>,
 ) -> Result<Context<'a, 'a>, String> {
     let mut ctx = Context::with_env(env.clone());
     if let Some(r) = request {
-        ctx.add_variable_as_val("request", r.value());
+        ctx.add_variable_as_val("request", r);
     }
     if let Some(p) = peer {
-        ctx.add_variable_as_val("peer", p.value());
+        ctx.add_variable_as_val("peer", p);
     }
     if let Some(i) = identity {
-        ctx.add_variable_as_val("identity", i.map_or_else(null, IdentityVar::value));
+        ctx.add_variable_as_val("identity", i);
     }
     if let Some(ms) = now {
         let ts = chrono::DateTime::from_timestamp_millis(ms as i64).unwrap_or_default();
@@ -343,16 +531,12 @@ fn context<'a>(
 }
 
 impl Cel {
-    fn compile(env: &Arc<Env>, key: &str, source: &str) -> Result<(Program, bool), String> {
+    fn compile(env: &Arc<Env>, key: &str, source: &str) -> Result<(Program, Reads), String> {
         let program = env
             .compile(source)
             .map_err(|e| format!("{key}: not a valid CEL expression: {e}"))?;
-        let refs = program.references();
-        if let Some(unknown) = refs
-            .variables()
-            .into_iter()
-            .find(|v| !["request", "peer", "identity", "now"].contains(v))
-        {
+        let reads = Reads::of(&program);
+        if let Some(unknown) = &reads.unknown {
             return Err(format!(
                 "{key}: unknown variable `{unknown}` (expressions see `request`, `peer`, `identity` and `now`)"
             ));
@@ -361,13 +545,27 @@ impl Cel {
         // operand type or a non-boolean result shows up here instead of at the first peer.
         // Attributes are an open map, so a key the sample lacks is added and the run repeated;
         // a key that is still missing afterwards is a field no variable has.
-        let (r, p, mut i) = sample();
+        let mut attributes: BTreeMap<String, String> = SAMPLE_ATTRIBUTES
+            .iter()
+            .map(|k| (k.to_string(), "value".to_string()))
+            .collect();
         loop {
+            let mut identity = sample(IDENTITY);
+            for (name, value) in &mut identity {
+                if *name == "attributes" {
+                    *value = self::attributes(
+                        attributes
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    );
+                }
+            }
             let ctx = context(
                 env,
-                Some(r.clone()),
-                Some(p.clone()),
-                Some(Some(i.clone())),
+                Some(map(sample(REQUEST))),
+                Some(map(sample(PEER))),
+                Some(map(identity)),
                 Some(0),
             )?;
             match program.execute(&ctx) {
@@ -379,10 +577,10 @@ impl Cel {
                     ));
                 }
                 Err(cel::ExecutionError::NoSuchKey(field))
-                    if !i.attributes.contains_key(field.as_str())
-                        && i.attributes.len() < MAX_SAMPLE_ATTRIBUTES =>
+                    if !attributes.contains_key(field.as_str())
+                        && attributes.len() < MAX_SAMPLE_ATTRIBUTES =>
                 {
-                    i.attributes.insert(field.to_string(), "value".into());
+                    attributes.insert(field.to_string(), "value".into());
                 }
                 Err(cel::ExecutionError::NoSuchKey(field)) => {
                     return Err(format!(
@@ -392,8 +590,7 @@ impl Cel {
                 Err(e) => return Err(format!("{key}: {e}")),
             }
         }
-        let needs_identity = refs.has_variable("identity");
-        Ok((program, needs_identity))
+        Ok((program, reads))
     }
 }
 
@@ -462,12 +659,9 @@ impl Plugin for Cel {
                     ));
                 }
             };
-            let (program, needs_identity) = Self::compile(&env, &key, source)?;
-            let refs = program.references();
-            reads.request |= refs.has_variable("request");
-            reads.peer |= refs.has_variable("peer");
-            reads.identity |= needs_identity;
-            reads.now |= refs.has_variable("now");
+            let (program, read) = Self::compile(&env, &key, source)?;
+            let needs_identity = read.identity.any();
+            reads.merge(read);
             rules.push(Rule {
                 program,
                 needs_identity,
@@ -484,37 +678,16 @@ impl Plugin for Cel {
 
     fn authenticate(&self, request: &Request, so_far: Option<&Identity>) -> Decision {
         // Only the facts some rule reads are fetched from the gateway.
-        let req = self.reads.request.then(|| RequestVar {
-            role: request.role().to_string(),
-            scopes: request.scopes(),
-            method: request.method().to_string(),
-            device: request.device().map(|d| DeviceVar { id: d.id }),
-        });
-        let peer = self.reads.peer.then(|| {
-            let client = request.client();
-            PeerVar {
-                ip: request.ip().map(|ip| ip.to_string()).unwrap_or_default(),
-                addr: request.remote_addr().to_string(),
-                tls: request.tls(),
-                client_id: client.id,
-                client_version: client.version,
-                platform: client.platform,
-                instance_id: client.instance_id,
-                conn_id: request.conn_id(),
-            }
-        });
-        let identity = self.reads.identity.then(|| {
-            so_far.map(|id| IdentityVar {
-                subject: id.subject().to_string(),
-                method: id.method(),
-                groups: id.groups(),
-                attributes: id.attributes().into_iter().collect(),
-                roles: id.roles(),
-                scopes: id.scopes(),
-                expires_at_ms: id.expires_at_ms(),
-                skip_pairing: id.skip_pairing(),
-            })
-        });
+        let reads = &self.reads;
+        let req = reads
+            .request
+            .any()
+            .then(|| read(REQUEST, &reads.request, request));
+        let peer = reads.peer.any().then(|| read(PEER, &reads.peer, request));
+        let identity = reads
+            .identity
+            .any()
+            .then(|| so_far.map_or_else(null, |id| read(IDENTITY, &reads.identity, id)));
         let now = self.reads.now.then(now_ms);
         let ctx = match context(&self.env, req, peer, identity, now) {
             Ok(c) => c,
@@ -612,6 +785,60 @@ mod tests {
             config(r#"{"rules":[{"allow":"identity.attributes.namespace.startsWith('prod-') && request.role == 'worker' && inCidr(peer.ip, '10.0.0.0/8') && now.getHours() >= 0"}]}"#)
                 .is_ok()
         );
+    }
+
+    /// What a configured rule set reads of each variable.
+    fn reads(rules: &[&str]) -> Reads {
+        let rules: Vec<String> = rules
+            .iter()
+            .map(|r| format!("{{\"allow\":\"{}\"}}", r.replace('"', "\\\"")))
+            .collect();
+        config(&format!("{{\"rules\":[{}]}}", rules.join(",")))
+            .unwrap()
+            .reads
+    }
+
+    fn fields(names: &[&str]) -> Need {
+        Need {
+            all: false,
+            fields: names.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_call_reads_only_the_fields_some_rule_selects() {
+        let r = reads(&[
+            r#"inCidr(peer.ip, "192.0.2.0/24")"#,
+            r#"request.role == "operator" && "ops" in identity.groups"#,
+            r#"request.role == "worker" && identity.attributes.namespace.startsWith("prod-")"#,
+        ]);
+        assert_eq!(r.request, fields(&["role"]));
+        assert_eq!(r.peer, fields(&["ip"]));
+        assert_eq!(r.identity, fields(&["attributes", "groups"]));
+        assert!(!r.now);
+
+        // Inside macros (whose own variables are neither variables nor unknown) and
+        // presence tests too.
+        let r = reads(&[
+            r#"identity.groups.exists(request, request.startsWith("team-"))"#,
+            r#"identity.groups.all(g, g != "banned") && [1, 2].map(x, x * 2).size() == 2"#,
+        ]);
+        assert_eq!(r.identity, fields(&["groups"]));
+        assert!(!r.request.any(), "a macro's `request` is not the request");
+        let r = reads(&[
+            r#"identity.groups.exists(g, g == "ops") && has(request.device)"#,
+            r#"now.getHours() < 18"#,
+        ]);
+        assert_eq!(r.identity, fields(&["groups"]));
+        assert_eq!(r.request, fields(&["device"]));
+        assert_eq!(r.peer, Need::default());
+        assert!(r.now);
+
+        // A variable used as a whole is read whole.
+        let r = reads(&["identity != null", "size(peer) > 0"]);
+        assert!(r.identity.all && r.identity.wants("skip_pairing"));
+        assert!(r.peer.all);
+        assert!(!r.request.any());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use trustgate_tests::{guests, policies};
+use trustgate_tests::{guests, policies, status_and_text};
 
 const CLI: &str = env!("CARGO_BIN_EXE_trustgate-cli");
 
@@ -18,13 +18,23 @@ fn cli(dir: &Path, args: &[&str]) -> (bool, String) {
         .env("NO_COLOR", "1")
         .output()
         .expect("run the trustgate command line");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+    status_and_text(&out)
+}
+
+/// `trustgate plugin test --builtin cel --config CONFIG --cases CASES` in `dir`.
+fn cel_cases(dir: &Path, config: &str, cases: &str) -> (bool, String) {
+    cli(
+        dir,
+        &[
+            "plugin",
+            "test",
+            "--builtin",
+            "cel",
+            "--config",
+            config,
+            "--cases",
+            cases,
+        ],
     )
 }
 
@@ -81,19 +91,7 @@ expect = { decision = "deny", code = "forbidden", reason = "no-rule-matched" }
 "#,
     )
     .unwrap();
-    let (ok, out) = cli(
-        dir.path(),
-        &[
-            "plugin",
-            "test",
-            "--builtin",
-            "cel",
-            "--config",
-            "rules.toml",
-            "--cases",
-            "cases.toml",
-        ],
-    );
+    let (ok, out) = cel_cases(dir.path(), "rules.toml", "cases.toml");
     assert!(ok, "{out}");
     assert!(out.contains("5 of 5 cases passed"), "{out}");
 }
@@ -128,19 +126,7 @@ expect = { decision = "deny", code = "forbidden", reason = "operator-needs-mfa" 
 "#,
     )
     .unwrap();
-    let (ok, out) = cli(
-        dir.path(),
-        &[
-            "plugin",
-            "test",
-            "--builtin",
-            "cel",
-            "--config",
-            "config.toml",
-            "--cases",
-            "cases.toml",
-        ],
-    );
+    let (ok, out) = cel_cases(dir.path(), "config.toml", "cases.toml");
     assert!(!ok, "a failing case must fail the command:\n{out}");
     assert!(out.contains("ok    a prod worker is let through"), "{out}");
     assert!(
@@ -163,19 +149,7 @@ expect = { decision = "deny", code = "forbidden", reason = "operator-needs-mfa" 
         "[[case]]\nname = \"x\"\nexpct = { decision = \"allow\" }\n",
     )
     .unwrap();
-    let (ok, out) = cli(
-        dir.path(),
-        &[
-            "plugin",
-            "test",
-            "--builtin",
-            "cel",
-            "--config",
-            "config.toml",
-            "--cases",
-            "typo.toml",
-        ],
-    );
+    let (ok, out) = cel_cases(dir.path(), "config.toml", "typo.toml");
     assert!(!ok);
     assert!(out.contains("typo.toml") && out.contains("expct"), "{out}");
 }

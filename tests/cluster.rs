@@ -161,14 +161,7 @@ async fn explain_device(gw: &Replica, key: &DeviceKey) -> (bool, String) {
         .output()
         .await
         .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    trustgate_tests::status_and_text(&out)
 }
 
 async fn readyz(gw: &Replica) -> Value {

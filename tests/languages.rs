@@ -156,12 +156,7 @@ fn plugin_test(dir: &Path, args: &[&str]) -> (bool, String) {
         .arg(cache)
         .output()
         .expect("run trustgate plugin test");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    trustgate_tests::status_and_text(&out)
 }
 
 fn passes_all(ok: bool, report: &str, expected_cases: usize) {

@@ -136,6 +136,19 @@ impl TestGateway {
     }
 }
 
+/// A finished command's exit status and everything it printed (stdout, then stderr), for
+/// tests of the command line.
+pub fn status_and_text(out: &std::process::Output) -> (bool, String) {
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// The TOML of one `[[auth.plugins]]` entry running the scripted test guest with an inline
 /// config table, e.g. `scripted("k8s", r#"decision = "allow", roles = ["worker"]"#)`. It
 /// holds the credentials grant: its `token` and `subject_from_token` read the token.

@@ -261,8 +261,31 @@ impl Reads {
 pub struct Cel {
     env: Arc<Env>,
     rules: Vec<Rule>,
+    /// What the rules read, as collected at configure.
     reads: Reads,
+    /// `reads` as the fields each call fetches, chosen once at configure.
+    wanted: Wanted,
     otherwise: Otherwise,
+}
+
+/// The fields a call fetches of each variable; an empty list leaves the variable out.
+struct Wanted {
+    request: Vec<&'static Field<FromRequest>>,
+    peer: Vec<&'static Field<FromRequest>>,
+    identity: Vec<&'static Field<FromIdentity>>,
+}
+
+impl Wanted {
+    fn of(reads: &Reads) -> Self {
+        fn pick<R>(fields: &'static [Field<R>], need: &Need) -> Vec<&'static Field<R>> {
+            fields.iter().filter(|f| need.wants(f.name)).collect()
+        }
+        Self {
+            request: pick(REQUEST, &reads.request),
+            peer: pick(PEER, &reads.peer),
+            identity: pick(IDENTITY, &reads.identity),
+        }
+    }
 }
 
 // === The variables expressions see ===
@@ -447,12 +470,9 @@ fn attributes(pairs: Vec<(String, String)>) -> Val {
     Box::new(CelMap::from(map))
 }
 
-/// The fields of one variable that `need` asks for, read from `source`.
-fn read<S: ?Sized>(fields: &[Field<ReadFrom<S>>], need: &Need, source: &S) -> Val {
-    map(fields
-        .iter()
-        .filter(|f| need.wants(f.name))
-        .map(|f| (f.name, (f.read)(source))))
+/// The given fields of one variable, read from `source`.
+fn read<S: ?Sized>(fields: &[&Field<ReadFrom<S>>], source: &S) -> Val {
+    map(fields.iter().map(|f| (f.name, (f.read)(source))))
 }
 
 /// Every field of one variable with its sample value.
@@ -671,6 +691,7 @@ impl Plugin for Cel {
         Ok(Self {
             env,
             rules,
+            wanted: Wanted::of(&reads),
             reads,
             otherwise: config.otherwise,
         })
@@ -678,16 +699,11 @@ impl Plugin for Cel {
 
     fn authenticate(&self, request: &Request, so_far: Option<&Identity>) -> Decision {
         // Only the facts some rule reads are fetched from the gateway.
-        let reads = &self.reads;
-        let req = reads
-            .request
-            .any()
-            .then(|| read(REQUEST, &reads.request, request));
-        let peer = reads.peer.any().then(|| read(PEER, &reads.peer, request));
-        let identity = reads
-            .identity
-            .any()
-            .then(|| so_far.map_or_else(null, |id| read(IDENTITY, &reads.identity, id)));
+        let wanted = &self.wanted;
+        let req = (!wanted.request.is_empty()).then(|| read(&wanted.request, request));
+        let peer = (!wanted.peer.is_empty()).then(|| read(&wanted.peer, request));
+        let identity = (!wanted.identity.is_empty())
+            .then(|| so_far.map_or_else(null, |id| read(&wanted.identity, id)));
         let now = self.reads.now.then(now_ms);
         let ctx = match context(&self.env, req, peer, identity, now) {
             Ok(c) => c,

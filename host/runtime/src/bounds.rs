@@ -106,6 +106,33 @@ fn denial(d: &Denial) -> Result<(), String> {
     len("message", &d.message, 0, MAX_MESSAGE)
 }
 
+/// Checks an identity template (contract 0.3) against the limits of what it forms.
+pub(crate) fn template(
+    method: &str,
+    uid_attribute: Option<&str>,
+    extra_attributes: &[(String, String)],
+    cluster_attribute: Option<&str>,
+) -> Result<(), String> {
+    len("method", method, 1, MAX_METHOD)?;
+    if extra_attributes.len() > MAX_ATTRIBUTES {
+        return Err(format!(
+            "extra-attributes has {} entries, over the limit of {MAX_ATTRIBUTES}",
+            extra_attributes.len()
+        ));
+    }
+    let names = uid_attribute
+        .into_iter()
+        .chain(cluster_attribute)
+        .chain(extra_attributes.iter().map(|(_, a)| a.as_str()));
+    for name in names {
+        len("an attribute", name, 1, MAX_ATTRIBUTE_KEY)?;
+    }
+    for (key, _) in extra_attributes {
+        len("an extra key", key, 1, 256)?;
+    }
+    Ok(())
+}
+
 /// Checks a decision against the contract's limits.
 pub(crate) fn decision(d: &Decision) -> Result<(), String> {
     match d {

@@ -20,6 +20,10 @@ pub enum PluginFailure {
     /// The guest trapped (panic, `unreachable`, stack overflow, bad memory access, ...).
     #[error("trapped: {0}")]
     Trap(String),
+    /// The plugin said it failed (`fail`: an exception in its own code), with where and why
+    /// (bounded, escaped, the call's credentials removed).
+    #[error("failed: {0}")]
+    Raised(String),
     /// The guest used more CPU time than its deadline.
     #[error("exceeded its CPU deadline")]
     Deadline,
@@ -48,6 +52,7 @@ impl PluginFailure {
     pub fn cause(&self) -> &'static str {
         match self {
             Self::Trap(_) => "trap",
+            Self::Raised(_) => "exception",
             Self::Deadline => "deadline",
             Self::Memory => "memory",
             Self::Timeout => "timeout",
@@ -139,6 +144,8 @@ pub struct Step {
     pub code: Option<crate::types::DenyCode>,
     /// For a denial: its reason; for a failure: its cause.
     pub reason: Option<String>,
+    /// For a failure the plugin reported (`fail`): its message — where in its source and why.
+    pub error: Option<String>,
     /// How long its call took.
     pub elapsed: Duration,
 }
@@ -227,8 +234,9 @@ impl Chain {
                 .or_else(|| call.witness.subject())
         };
         let mut steps = Vec::with_capacity(self.providers.len());
+        // One clock read per step: a step ends where the next begins.
+        let mut started = Instant::now();
         for provider in &self.providers {
-            let started = Instant::now();
             // What the step leaves as the identity so far; the old one stays in `call` until
             // the step succeeds, so a failing step still reports who was being decided on.
             let so_far = call.so_far.clone();
@@ -243,7 +251,9 @@ impl Chain {
                 Decision::Abstain => Ok((StepKind::Abstain, so_far, None)),
                 Decision::Deny(denial) => Ok((StepKind::Deny, so_far, Some(denial))),
             });
-            let elapsed = started.elapsed();
+            let ended = Instant::now();
+            let elapsed = ended - started;
+            started = ended;
             let name = provider.name().to_string();
             match result {
                 Ok((StepKind::Deny, _, Some(denial))) => {
@@ -252,6 +262,7 @@ impl Chain {
                         kind: StepKind::Deny,
                         code: Some(denial.code),
                         reason: Some(denial.reason.clone()),
+                        error: None,
                         elapsed,
                     });
                     return Verdict {
@@ -269,6 +280,7 @@ impl Chain {
                         kind,
                         code: None,
                         reason: None,
+                        error: None,
                         elapsed,
                     });
                     call.so_far = identity;
@@ -279,6 +291,10 @@ impl Chain {
                         kind: StepKind::Failed,
                         code: None,
                         reason: Some(failure.cause().into()),
+                        error: match &failure {
+                            PluginFailure::Raised(m) => Some(m.clone()),
+                            _ => None,
+                        },
                         elapsed,
                     });
                     return Verdict {

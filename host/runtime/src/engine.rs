@@ -1,15 +1,20 @@
-//! The one wasmtime `Engine` of a runtime, its linker, and the epoch ticker that drives CPU
-//! deadlines.
+//! The one wasmtime `Engine` of a runtime and the epoch ticker that drives CPU deadlines. Knows
+//! nothing of plugins or contracts.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use wasmtime::component::Linker;
 use wasmtime::{Config, Engine};
 
-use super::bindings::{v0_1, v0_2};
-use super::sandbox::{StoreState, TICK};
+/// How long one epoch tick lasts while calls are running.
+pub(crate) const TICK: Duration = Duration::from_millis(1);
+
+/// How long the ticker sleeps while no call is running before it looks again. A call that
+/// starts meanwhile is not woken for (no syscall on the call path); it is ticked from the
+/// ticker's next look, so a CPU deadline is enforced within about this much of its end.
+pub(crate) const IDLE_LOOK: Duration = Duration::from_millis(10);
 
 /// Guest stack limit. Deep recursion traps with a stack overflow well before this is exceeded
 /// on the host side.
@@ -24,23 +29,19 @@ pub(crate) fn new_engine() -> wasmtime::Result<Engine> {
         // Fibers need room for the guest stack plus the host frames of async host calls.
         .async_stack_size(MAX_WASM_STACK + (1 << 20))
         .cranelift_opt_level(wasmtime::OptLevel::Speed);
+    // For profiling plugins: `TRUSTGATE_PERF_MAP=1` writes `/tmp/perf-<pid>.map`, so `perf`
+    // names the guest functions it samples (docs/operations.md).
+    if std::env::var_os("TRUSTGATE_PERF_MAP").is_some_and(|v| v == "1") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     Engine::new(&config)
 }
 
-pub(crate) fn new_linker(engine: &Engine) -> wasmtime::Result<Linker<StoreState>> {
-    let mut linker = Linker::new(engine);
-    // WASI is linked because Rust (and most languages') std imports it; the context in
-    // `StoreState` grants nothing, so the interfaces exist but reach nothing.
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    // Both contract versions: a component links against the one it was built for.
-    v0_2::AuthPlugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
-    v0_1::AuthPlugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
-    Ok(linker)
-}
-
 /// Increments the engine's epoch every [`TICK`] on a dedicated thread while plugin calls are
-/// running, and parks after a tick in which no call started, so an idle gateway does not wake
-/// up a thousand times a second and a busy one does not pay a wake-up per call.
+/// running. While none is, it sleeps [`IDLE_LOOK`] at a time and looks again: a call only
+/// counts itself in and out (one atomic each way), so neither a busy gateway nor one that
+/// serves a handshake now and then pays a thread wake-up per call, and an idle one wakes a
+/// hundred times a second at most.
 pub(crate) struct EpochTicker {
     shared: Arc<TickerShared>,
     thread: Option<JoinHandle<()>>,
@@ -48,20 +49,18 @@ pub(crate) struct EpochTicker {
 
 struct TickerShared {
     stop: AtomicBool,
+    /// Calls running now.
     active: AtomicUsize,
-    /// Set by every call that starts; cleared by the ticker each tick.
-    recent: AtomicBool,
-    parked: AtomicBool,
 }
 
-/// Keeps the ticker running while alive; one per plugin call.
+/// Counts a plugin call in while alive.
 pub(crate) struct Busy<'a> {
     ticker: &'a EpochTicker,
 }
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.ticker.shared.active.fetch_sub(1, Ordering::SeqCst);
+        self.ticker.shared.active.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -70,27 +69,15 @@ impl EpochTicker {
         let shared = Arc::new(TickerShared {
             stop: AtomicBool::new(false),
             active: AtomicUsize::new(0),
-            recent: AtomicBool::new(false),
-            parked: AtomicBool::new(false),
         });
         let engine = engine.clone();
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("trustgate-epoch".into())
             .spawn(move || {
-                while !s.stop.load(Ordering::SeqCst) {
-                    let idle = s.active.load(Ordering::SeqCst) == 0;
-                    if idle && !s.recent.swap(false, Ordering::SeqCst) {
-                        s.parked.store(true, Ordering::SeqCst);
-                        // Re-check after announcing the park: a call that started in between
-                        // either sees `parked` and unparks us, or is seen here.
-                        if s.active.load(Ordering::SeqCst) == 0
-                            && !s.recent.load(Ordering::SeqCst)
-                            && !s.stop.load(Ordering::SeqCst)
-                        {
-                            std::thread::park();
-                        }
-                        s.parked.store(false, Ordering::SeqCst);
+                while !s.stop.load(Ordering::Acquire) {
+                    if s.active.load(Ordering::Acquire) == 0 {
+                        std::thread::park_timeout(IDLE_LOOK);
                         continue;
                     }
                     std::thread::sleep(TICK);
@@ -103,22 +90,16 @@ impl EpochTicker {
         })
     }
 
-    /// Marks a plugin call as running until the guard drops.
+    /// Counts a plugin call in until the guard drops.
     pub(crate) fn busy(&self) -> Busy<'_> {
-        self.shared.active.fetch_add(1, Ordering::SeqCst);
-        self.shared.recent.store(true, Ordering::SeqCst);
-        if self.shared.parked.load(Ordering::SeqCst)
-            && let Some(t) = &self.thread
-        {
-            t.thread().unpark();
-        }
+        self.shared.active.fetch_add(1, Ordering::AcqRel);
         Busy { ticker: self }
     }
 }
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.stop.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
             thread.thread().unpark();
             let _ = thread.join();

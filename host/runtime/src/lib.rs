@@ -55,16 +55,24 @@
 //! # }
 //! ```
 
+// The modules depend on each other in one direction, top to bottom of this list inverted:
+// `lib.rs` composes `pool` (the instances and the path of a call), which runs the `contract`
+// (each version's host side) over the `bindings`, in a `sandbox` whose `handles` and clocks
+// (`call`) bound every call, on the `engine`; `chain`, `types`, `services`, `bounds`, `stats`
+// and `settings` are the leaves. `tests/layering.rs` fails on an import cycle.
 mod bindings;
 mod bounds;
+mod call;
 mod chain;
 mod compile_cache;
 mod contract;
 mod engine;
+mod handles;
 mod pool;
 mod sandbox;
 mod services;
 mod settings;
+mod stats;
 mod types;
 mod world;
 
@@ -83,10 +91,11 @@ pub use chain::{
     AuthProvider, Call, Chain, Outcome, PluginFailure, Step, StepKind, Verdict, Witness, merge,
 };
 pub use compile_cache::{CacheOutcome, CompileCache};
-pub use pool::{PluginStats, WasmPlugin};
-pub use sandbox::Grants;
+pub use pool::WasmPlugin;
+pub use sandbox::{Grants, LOG_LINE_FRAMING};
 pub use services::{CachePolicy, HostServices, NoServices};
 pub use settings::{RuntimeSettings, SettingsError};
+pub use stats::PluginStats;
 pub use types::{
     Credentials, Decision, Denial, DenyCode, Device, Identity, LogLevel, Narrowing, Peer, Request,
     Review, ReviewError,
@@ -100,17 +109,12 @@ pub mod limits {
         MAX_GROUPS, MAX_LOG_LINE, MAX_LOG_PER_CALL, MAX_MESSAGE, MAX_METHOD, MAX_REASON, MAX_ROLE,
         MAX_ROLES, MAX_SCOPE, MAX_SCOPES, MAX_SUBJECT,
     };
+    pub use crate::sandbox::LOG_LINE_FRAMING;
 }
 
-use pool::{InstanceError, PoolParts, Pre};
+use contract::Pre;
+use pool::{InstanceError, PoolParts};
 use sandbox::{MemoryBudget, SandboxLimits, StoreState};
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Where a plugin's component comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -363,7 +367,7 @@ impl Runtime {
         services: Arc<dyn HostServices>,
     ) -> Result<Self, RuntimeError> {
         let engine = engine::new_engine().map_err(RuntimeError::Engine)?;
-        let linker = engine::new_linker(&engine).map_err(RuntimeError::Engine)?;
+        let linker = contract::linker(&engine).map_err(RuntimeError::Engine)?;
         let cache = match &settings.cache_dir {
             Some(dir) => {
                 Some(
@@ -392,6 +396,13 @@ impl Runtime {
     /// The runtime's settings.
     pub fn settings(&self) -> &RuntimeSettings {
         &self.settings
+    }
+
+    /// The wasmtime engine every plugin of this runtime is compiled for and runs on, for
+    /// embedders that measure or run their own components on the same settings (the bench
+    /// binary's floor).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// Reads a plugin's bytes, enforcing a sha256 pin.
@@ -536,14 +547,7 @@ impl Runtime {
             .linker
             .instantiate_pre(&compiled.component)
             .map_err(wrong)?;
-        match compiled.version {
-            ContractVersion::V0_1 => bindings::v0_1::AuthPluginPre::new(pre)
-                .map(Pre::V0_1)
-                .map_err(wrong),
-            ContractVersion::V0_2 => bindings::v0_2::AuthPluginPre::new(pre)
-                .map(Pre::V0_2)
-                .map_err(wrong),
-        }
+        Pre::new(compiled.version, pre).map_err(wrong)
     }
 
     /// Loads a compiled component as plugin `name` with `config`, running `configure` once so

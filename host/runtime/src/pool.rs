@@ -3,134 +3,57 @@
 //! of the pool, so concurrent authentications never wait on one another; an instance that
 //! failed in any way is dropped, never reused. A plugin has at most `max_instances` instances
 //! alive; a call beyond that waits a bounded time for one, then fails as `Busy`.
+//!
+//! The path of one call is here too, version-agnostic: take an instance, begin the call in its
+//! store, run the contract's `authenticate` under the call's bounds (`call.rs`), end the call,
+//! check the decision, put the instance back.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use wasmtime::Store;
-use wasmtime::component::Resource;
 
-use crate::bindings::{ContractVersion, v0_1, v0_2};
+use crate::bindings::ContractVersion;
 use crate::bounds;
+use crate::call::{Cut, guest_call};
 use crate::chain::{AuthProvider, Call, PluginFailure};
-use crate::contract::{
-    IdentityHandle, RequestHandle, decision_v0_1, decision_v0_2, identity_v0_1, request_v0_1,
-};
+use crate::contract::{Answer, Instance, Pre};
 use crate::engine::EpochTicker;
 use crate::sandbox::{
     Grants, MemoryBudget, SandboxLimits, StoreParts, StoreState, Tripped, on_epoch_deadline,
 };
-use crate::services::{CachePolicy, HostServices};
+use crate::services::HostServices;
+use crate::stats::PluginStats;
 use crate::types::Decision;
-
-/// A component prepared against one contract version.
-pub(crate) enum Pre {
-    V0_1(v0_1::AuthPluginPre<StoreState>),
-    V0_2(v0_2::AuthPluginPre<StoreState>),
-}
-
-impl Pre {
-    fn version(&self) -> ContractVersion {
-        match self {
-            Self::V0_1(_) => ContractVersion::V0_1,
-            Self::V0_2(_) => ContractVersion::V0_2,
-        }
-    }
-}
-
-enum Bindings {
-    V0_1(v0_1::AuthPlugin),
-    V0_2(v0_2::AuthPlugin),
-}
 
 /// One configured instance. Holding it holds one of the plugin's instance permits.
 struct Slot {
     store: Store<StoreState>,
-    bindings: Bindings,
+    instance: Instance,
     _permit: OwnedSemaphorePermit,
-}
-
-/// Upper bounds (µs) of the call-latency buckets.
-const LATENCY_BOUNDS_US: [u64; 16] = [
-    2,
-    5,
-    10,
-    20,
-    50,
-    100,
-    200,
-    500,
-    1_000,
-    2_000,
-    5_000,
-    10_000,
-    20_000,
-    50_000,
-    100_000,
-    u64::MAX,
-];
-
-/// Counters of one plugin's calls since load.
-#[derive(Debug, Default)]
-pub struct PluginStats {
-    /// Calls to `authenticate`.
-    pub calls: AtomicU64,
-    /// Calls that denied.
-    pub denials: AtomicU64,
-    /// Calls that ended in a failure (trap, deadline, memory, ...).
-    pub failures: AtomicU64,
-    /// Instances created (the first at load, then one per failure or pool miss).
-    pub instances: AtomicU64,
-    /// Bytes of log output dropped because a call exceeded its log budget.
-    pub log_dropped_bytes: AtomicU64,
-    latency: [AtomicU64; 16],
-}
-
-impl PluginStats {
-    fn observe(&self, elapsed: Duration) {
-        let us = elapsed.as_micros() as u64;
-        let i = LATENCY_BOUNDS_US
-            .iter()
-            .position(|b| us <= *b)
-            .unwrap_or(LATENCY_BOUNDS_US.len() - 1);
-        self.latency[i].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The 99th-percentile call latency in µs, as the upper bound of its bucket (`None`
-    /// before the first call).
-    pub fn p99_us(&self) -> Option<u64> {
-        let counts: Vec<u64> = self
-            .latency
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let target = total.saturating_mul(99).div_ceil(100);
-        let mut seen = 0;
-        for (i, c) in counts.iter().enumerate() {
-            seen += c;
-            if seen >= target {
-                return Some(LATENCY_BOUNDS_US[i]);
-            }
-        }
-        None
-    }
 }
 
 /// A plugin ready to authenticate.
 pub struct WasmPlugin {
     parts: PoolParts,
-    idle: std::sync::Mutex<Vec<Slot>>,
+    /// Boxed: a slot (store and bindings) is large, and parking one must not copy it.
+    // Boxed so that taking and parking a slot moves one pointer, not the
+    // store and instance bindings, inside the mutex's critical section.
+    #[allow(clippy::vec_box)]
+    idle: std::sync::Mutex<Vec<Box<Slot>>>,
     /// One permit per live instance.
     instances: Arc<Semaphore>,
-    /// Signalled whenever an instance is parked.
+    /// Calls waiting for an instance; parking one notifies only if there are any.
+    waiting: AtomicUsize,
+    /// Signalled when an instance is parked while calls wait.
     returned: Notify,
+    /// The auth methods the plugin decides on (contract 0.3's `wants.methods`; empty: all),
+    /// as its first instance declared: a request with another method never takes an
+    /// instance.
+    methods: std::sync::OnceLock<Vec<String>>,
 }
 
 /// What a pool is made of, handed over by the runtime that loaded the plugin.
@@ -148,7 +71,7 @@ pub(crate) struct PoolParts {
     pub budget: Arc<MemoryBudget>,
     pub stats: Arc<PluginStats>,
     /// Deadlines only fire while the epoch ticks: a plugin keeps the ticker alive even if the
-    /// runtime that loaded it is gone, and marks itself busy during calls so it ticks.
+    /// runtime that loaded it is gone, and counts itself in during calls so it ticks.
     pub ticker: Arc<EpochTicker>,
 }
 
@@ -170,13 +93,24 @@ pub(crate) enum InstanceError {
     Failed(PluginFailure),
 }
 
+/// Counts a call waiting for an instance while alive.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl WasmPlugin {
     pub(crate) fn new(parts: PoolParts) -> Self {
         Self {
             instances: Arc::new(Semaphore::new(parts.max_instances)),
             parts,
             idle: std::sync::Mutex::new(Vec::new()),
+            waiting: AtomicUsize::new(0),
             returned: Notify::new(),
+            methods: std::sync::OnceLock::new(),
         }
     }
 
@@ -220,22 +154,30 @@ impl WasmPlugin {
     /// Creates, configures and parks one instance, proving the plugin accepts its
     /// configuration. Used once at load so configuration errors surface before serving.
     pub(crate) async fn warm_up(&self) -> Result<(), InstanceError> {
-        let _busy = self.parts.ticker.busy();
         let permit = self
             .instances
             .clone()
             .try_acquire_owned()
             .map_err(|_| InstanceError::Failed(PluginFailure::Busy))?;
         let slot = self.new_slot(permit).await?;
+        let _ = self.methods.set(slot.instance.methods().to_vec());
         self.park(slot);
         Ok(())
     }
 
-    async fn new_slot(&self, permit: OwnedSemaphorePermit) -> Result<Slot, InstanceError> {
+    /// Whether the plugin decides on requests with auth method `method`.
+    fn decides_on(&self, method: &str) -> bool {
+        self.methods
+            .get()
+            .is_none_or(|m| m.is_empty() || m.iter().any(|x| x == method))
+    }
+
+    async fn new_slot(&self, permit: OwnedSemaphorePermit) -> Result<Box<Slot>, InstanceError> {
+        let _busy = self.parts.ticker.busy();
         let p = &self.parts;
         p.stats.instances.fetch_add(1, Ordering::Relaxed);
         let mut store = Store::new(
-            p.pre_engine(),
+            p.pre.engine(),
             StoreState::new(StoreParts {
                 plugin: p.name.clone(),
                 services: p.services.clone(),
@@ -247,39 +189,42 @@ impl WasmPlugin {
         );
         store.limiter(|s| s);
         store.epoch_deadline_callback(on_epoch_deadline);
-        let ticks = store.data_mut().begin_call(CachePolicy::Use, None);
-        store.set_epoch_deadline(ticks);
-        let bindings = match &p.pre {
-            Pre::V0_1(pre) => pre.instantiate_async(&mut store).await.map(Bindings::V0_1),
-            Pre::V0_2(pre) => pre.instantiate_async(&mut store).await.map(Bindings::V0_2),
-        };
-        let bindings = match bindings {
-            Ok(b) => b,
-            Err(e) => return Err(InstanceError::Failed(classify(&store, "instantiate", e))),
-        };
-        let ticks = store.data_mut().begin_call(CachePolicy::Use, None);
-        store.set_epoch_deadline(ticks);
-        let configured = tokio::time::timeout(p.limits.call_timeout, async {
-            match &bindings {
-                Bindings::V0_1(b) => {
-                    b.trustgate_auth_plugin()
-                        .call_configure(&mut store, &p.config_json)
-                        .await
+        let mut instance = {
+            let ticks = store.data_mut().begin_call(None);
+            store.set_epoch_deadline(ticks);
+            let (started, clock) = (store.data().started(), store.data().clock());
+            match guest_call(
+                p.pre.instantiate(&mut store),
+                started,
+                p.limits.bounds(),
+                clock,
+            )
+            .await
+            {
+                Ok(Ok(i)) => i,
+                Ok(Err(e)) => {
+                    return Err(InstanceError::Failed(classify(&store, "instantiate", e)));
                 }
-                Bindings::V0_2(b) => {
-                    b.trustgate_auth_plugin()
-                        .call_configure(&mut store, &p.config_json)
-                        .await
-                }
+                Err(cut) => return Err(InstanceError::Failed(cut_off(&mut store, cut))),
             }
-        })
+        };
+        let ticks = store.data_mut().begin_call(None);
+        store.set_epoch_deadline(ticks);
+        let (started, clock) = (store.data().started(), store.data().clock());
+        let configured = guest_call(
+            instance.configure(&mut store, &p.config_json),
+            started,
+            p.limits.bounds(),
+            clock,
+        )
         .await;
+        store.data_mut().end_call();
         match configured {
-            Ok(Ok(Ok(()))) => Ok(Slot {
+            Ok(Ok(Ok(()))) => Ok(Box::new(Slot {
                 store,
-                bindings,
+                instance,
                 _permit: permit,
-            }),
+            })),
             Ok(Ok(Err(message))) => {
                 let message = bounds::clip(&message, bounds::MAX_CONFIGURE_ERROR);
                 Err(InstanceError::Configure(
@@ -287,31 +232,44 @@ impl WasmPlugin {
                 ))
             }
             Ok(Err(e)) => Err(InstanceError::Failed(classify(&store, "configure", e))),
-            Err(_) => Err(InstanceError::Failed(PluginFailure::Timeout)),
+            Err(cut) => Err(InstanceError::Failed(cut_off(&mut store, cut))),
         }
     }
 
-    fn take(&self) -> Option<Slot> {
-        self.idle.lock().ok().and_then(|mut idle| idle.pop())
+    fn take(&self) -> Option<Box<Slot>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
     }
 
     /// Returns an instance to the pool (or drops it, releasing its permit, if the pool is
-    /// full) and wakes one call waiting for an instance.
-    fn park(&self, slot: Slot) {
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < self.parts.max_idle
+    /// full) and wakes one call waiting for an instance, if any.
+    fn park(&self, slot: Box<Slot>) {
         {
-            idle.push(slot);
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < self.parts.max_idle {
+                idle.push(slot);
+            }
         }
-        self.returned.notify_one();
+        // A waiter counts itself in before it looks at the pool, so either it sees this
+        // instance or this sees it (both sides are sequentially consistent).
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.returned.notify_one();
+        }
     }
 
     /// An idle instance, or a new one if the plugin is under its instance cap; at the cap,
     /// waits up to `instance_wait` for an instance to come back or be dropped.
-    async fn slot(&self) -> Result<Slot, PluginFailure> {
-        if let Some(slot) = self.take() {
-            return Ok(slot);
+    async fn slot(&self) -> Result<Box<Slot>, PluginFailure> {
+        match self.take() {
+            Some(slot) => Ok(slot),
+            // Boxed: creating an instance is a large future, and the common path (an idle
+            // instance) should not carry (and copy) its state on every call.
+            None => Box::pin(self.new_or_waited_slot()).await,
         }
+    }
+
+    async fn new_or_waited_slot(&self) -> Result<Box<Slot>, PluginFailure> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
         let deadline = tokio::time::Instant::now() + self.parts.instance_wait;
         loop {
             // Register for "an instance was parked" before looking, so none is missed.
@@ -341,90 +299,72 @@ impl WasmPlugin {
 
     async fn call(&self, call: &Call) -> Result<Decision, PluginFailure> {
         let mut slot = self.slot().await?;
-        let ticks = slot
-            .store
-            .data_mut()
-            .begin_call(call.cache, Some(call.witness.clone()));
+        let ticks = slot.store.data_mut().begin_call(Some(call.clone()));
         slot.store.set_epoch_deadline(ticks);
-        // The call's wall-clock bound, counted from the start `begin_call` recorded.
-        let limit = tokio::time::Instant::from_std(slot.store.data().call_deadline());
-        let outcome = match &slot.bindings {
-            Bindings::V0_1(b) => {
-                let request = request_v0_1(&call.request);
-                let so_far = call.so_far.as_deref().map(identity_v0_1);
-                let run = b.trustgate_auth_plugin().call_authenticate(
-                    &mut slot.store,
-                    &request,
-                    so_far.as_ref(),
-                );
-                tokio::time::timeout_at(limit, run)
-                    .await
-                    .map(|r| r.map(decision_v0_1))
-            }
-            Bindings::V0_2(b) => {
-                let lent = lend(&mut slot.store, call);
-                match lent {
-                    Err(e) => Ok(Err(e)),
-                    Ok((request, so_far)) => {
-                        let run = b.trustgate_auth_plugin().call_authenticate(
-                            &mut slot.store,
-                            Resource::new_borrow(request.rep()),
-                            so_far.as_ref().map(|s| Resource::new_borrow(s.rep())),
-                        );
-                        let out = tokio::time::timeout_at(limit, run).await;
-                        let state = slot.store.data_mut();
-                        let _ = state.table.delete(request);
-                        if let Some(s) = so_far {
-                            let _ = state.table.delete(s);
-                        }
-                        out.map(|r| r.map(decision_v0_2))
-                    }
-                }
-            }
-        };
-        let state = slot.store.data_mut();
-        state.release_handles();
-        self.parts.stats.observe(state.call_elapsed());
+        let state = slot.store.data();
+        let (started, clock) = (state.started(), state.clock());
+        let outcome = guest_call(
+            slot.instance.authenticate(&mut slot.store, call),
+            started,
+            self.parts.limits.bounds(),
+            clock,
+        )
+        .await;
+        slot.store.data_mut().end_call();
+        self.parts.stats.observe(started.elapsed());
         match outcome {
-            Ok(Ok(decision)) => match bounds::decision(&decision) {
-                Ok(()) => {
-                    self.park(slot);
-                    Ok(decision)
+            Ok(Ok(Answer::Failed(message))) => {
+                // The plugin's own, orderly failure: its instance is sound.
+                self.park(slot);
+                Err(PluginFailure::Raised(reported(&message, &call.request)))
+            }
+            Ok(Ok(Answer::Decided(decision))) => {
+                let checked = bounds::decision(&decision);
+                self.park(slot);
+                match checked {
+                    Ok(()) => Ok(decision),
+                    // The instance itself is sound; its answer was not. Nothing of the
+                    // answer's content goes further than this message, which names only field
+                    // and size.
+                    Err(why) => Err(PluginFailure::InvalidDecision(why)),
                 }
-                // The instance itself is sound; its answer was not. Nothing of the answer's
-                // content goes further than this message, which names only field and size.
-                Err(why) => {
-                    self.park(slot);
-                    Err(PluginFailure::InvalidDecision(why))
-                }
-            },
+            }
             // The instance is dropped here: its state after a trap is not to be trusted.
             Ok(Err(e)) => Err(classify(&slot.store, "authenticate", e)),
-            Err(_) => Err(PluginFailure::Timeout),
+            Err(cut) => Err(cut_off(&mut slot.store, cut)),
         }
     }
 }
 
-/// Lends the request (and the identity so far) to the guest for one call.
-fn lend(
-    store: &mut Store<StoreState>,
-    call: &Call,
-) -> wasmtime::Result<(Resource<RequestHandle>, Option<Resource<IdentityHandle>>)> {
-    let table = &mut store.data_mut().table;
-    let request = table.push(RequestHandle(call.request.clone()))?;
-    let so_far = match &call.so_far {
-        Some(id) => Some(table.push(IdentityHandle(id.clone()))?),
-        None => None,
-    };
-    Ok((request, so_far))
+/// A plugin's failure message as the log and the audit trace may carry it: the call's
+/// credentials removed (a plugin with the read grant could quote them), cut and escaped.
+fn reported(message: &str, request: &crate::types::Request) -> String {
+    let mut m = message.to_string();
+    for secret in [
+        &request.credentials.token,
+        &request.credentials.device_token,
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|s| s.len() >= 8)
+    {
+        m = m.replace(secret.as_str(), "<redacted>");
+    }
+    bounds::escape_text(bounds::clip(&m, bounds::MAX_MESSAGE)).into_owned()
 }
 
-impl PoolParts {
-    fn pre_engine(&self) -> &wasmtime::Engine {
-        match &self.pre {
-            Pre::V0_1(p) => p.engine(),
-            Pre::V0_2(p) => p.engine(),
+/// What a call cut off by its wall-clock bounds failed with.
+fn cut_off(store: &mut Store<StoreState>, cut: Cut) -> PluginFailure {
+    match cut {
+        Cut::Waited => {
+            store.data_mut().trip_deadline();
+            tracing::debug!(
+                plugin = store.data().plugin(),
+                "plugin waited (not on a host call) past its CPU deadline"
+            );
+            PluginFailure::Deadline
         }
+        Cut::Timeout => PluginFailure::Timeout,
     }
 }
 
@@ -452,6 +392,9 @@ impl AuthProvider for WasmPlugin {
     }
 
     async fn authenticate(&self, call: &Call) -> Result<Decision, PluginFailure> {
+        if !self.decides_on(&call.request.credentials.method) {
+            return Ok(Decision::Abstain);
+        }
         let stats = &self.parts.stats;
         stats.calls.fetch_add(1, Ordering::Relaxed);
         let result = {

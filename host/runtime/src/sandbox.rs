@@ -2,20 +2,26 @@
 //!
 //! - **CPU**: a deadline per call by epoch interruption; time in host calls and time parked
 //!   after yielding does not count. Long guests yield every slice.
-//! - **Wall clock**: one bound per call (`call_timeout_ms`) covering guest code, host calls and
-//!   anything a guest may wait on through WASI (a clock, a poll); each host call is also capped
-//!   by `host_call_timeout_ms` and by what remains of the call.
+//! - **Waiting**: a guest has nothing to wait for but the host calls it makes. Any other wait
+//!   (a WASI clock, a poll) counts against the CPU deadline as if it were computing, so a guest
+//!   that sleeps fails within its deadline (the call's bound is enforced in `call.rs`, from the
+//!   [`CallClock`] shared here).
+//! - **Wall clock**: besides, one bound per call (`call_timeout_ms`) covering everything; each
+//!   host call is also capped by `host_call_timeout_ms` and by what remains of the call.
 //! - **Memory**: a cap per instance and a budget shared by every instance of the runtime, both
 //!   charged by a resource limiter as memories and tables grow.
-//! - **Output**: log lines cut and escaped, at most [`MAX_LOG_PER_CALL`] bytes per call across
-//!   `log`, stdout and stderr; the rest is dropped and counted.
+//! - **Output**: log lines cut at [`MAX_LOG_LINE`] and escaped; per call at most
+//!   [`MAX_LOG_PER_CALL`] bytes *as written to the gateway's log* across `log`, stdout and
+//!   stderr, each line charged its escaped length plus [`LOG_LINE_FRAMING`]; the rest is dropped
+//!   and counted.
+//! - **Handles**: valid during the call that created them only (`handles.rs`).
 //! - **Nothing else**: a WASI context with no filesystem, environment, arguments, network or
 //!   name lookup.
 //!
-//! What plugins *are* given lives in `contract.rs`.
+//! What plugins *are* given lives in `contract/`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWrite;
@@ -26,18 +32,23 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bounds::{MAX_LOG_LINE, MAX_LOG_PER_CALL, clip, escape_text};
-use crate::contract::Tracked;
-use crate::pool::PluginStats;
-use crate::services::{CachePolicy, HostServices};
+use crate::call::CallClock;
+use crate::chain::Call;
+use crate::engine::TICK;
+use crate::handles::Handles;
+use crate::services::HostServices;
 use crate::settings::RuntimeSettings;
+use crate::stats::PluginStats;
 use crate::types::{LogLevel, Review, ReviewError};
-
-/// How long one epoch tick lasts. The deadline is enforced to within about one tick.
-pub(crate) const TICK: Duration = Duration::from_millis(1);
 
 /// A guest running longer than this yields its thread back to the async executor before
 /// continuing, so one slow plugin cannot hold a worker thread for its whole deadline.
 const SLICE: Duration = Duration::from_millis(10);
+
+/// What each plugin log line is charged for the gateway log's own framing (timestamp, level,
+/// target, the connection's span, the `plugin` and `stream` fields; human or JSON format),
+/// besides its escaped text and the plugin's name.
+pub const LOG_LINE_FRAMING: usize = 256;
 
 /// The per-call limits of every instance, read from [`RuntimeSettings`] once, in the form the
 /// hot path uses.
@@ -47,6 +58,13 @@ pub(crate) struct SandboxLimits {
     pub memory_bytes: usize,
     pub host_call_timeout: Duration,
     pub call_timeout: Duration,
+}
+
+impl SandboxLimits {
+    /// The CPU deadline and the wall-clock bound of one call (what `call.rs` enforces).
+    pub(crate) fn bounds(&self) -> (Duration, Duration) {
+        (self.deadline, self.call_timeout)
+    }
 }
 
 impl From<&RuntimeSettings> for SandboxLimits {
@@ -120,42 +138,12 @@ pub(crate) enum ReviewKind {
     LocalJwt,
 }
 
-/// Guest CPU accounting for the call in progress: wall time since the call started minus the
-/// time spent inside host calls and the time spent parked after yielding to the executor.
-#[derive(Debug)]
-struct CallClock {
-    started: Instant,
-    in_host: Duration,
-    /// Microseconds spent parked after yields; written by the yield future, which cannot
-    /// borrow the store.
-    parked_us: Arc<AtomicU64>,
-    budget: Duration,
-}
-
-impl CallClock {
-    fn new(budget: Duration) -> Self {
-        Self {
-            started: Instant::now(),
-            in_host: Duration::ZERO,
-            parked_us: Arc::new(AtomicU64::new(0)),
-            budget,
+impl ReviewKind {
+    fn what(self) -> &'static str {
+        match self {
+            Self::TokenReview => "TokenReview",
+            Self::LocalJwt => "JWT verification",
         }
-    }
-
-    /// Restarts the clock for a new call, reusing the parked-time counter.
-    fn restart(&mut self, budget: Duration) {
-        self.started = Instant::now();
-        self.in_host = Duration::ZERO;
-        self.parked_us.store(0, Ordering::Relaxed);
-        self.budget = budget;
-    }
-
-    fn guest_time(&self) -> Duration {
-        let parked = Duration::from_micros(self.parked_us.load(Ordering::Relaxed));
-        self.started
-            .elapsed()
-            .saturating_sub(self.in_host)
-            .saturating_sub(parked)
     }
 }
 
@@ -168,39 +156,45 @@ struct LogBudget {
 }
 
 impl LogBudget {
-    /// Takes up to `want` bytes from the budget; returns how many may be written.
-    fn take(&self, want: usize) -> usize {
-        let mut granted = 0;
-        let _ = self
-            .remaining
+    fn dropped(&self, bytes: usize) {
+        self.stats
+            .log_dropped_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Takes `cost` bytes from the budget if they are all left.
+    fn take(&self, cost: usize) -> bool {
+        self.remaining
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
-                granted = want.min(left);
-                Some(left - granted)
-            });
-        if granted < want {
-            self.stats
-                .log_dropped_bytes
-                .fetch_add((want - granted) as u64, Ordering::Relaxed);
-        }
-        granted
+                left.checked_sub(cost)
+            })
+            .is_ok()
     }
 }
 
-/// Writes one plugin log line: cut to the line limit and to what the call's budget allows,
-/// escaped, tagged with the plugin (and the stream it came from).
+/// Writes one plugin log line: cut to the line limit (the cut counted as dropped), escaped,
+/// tagged with the plugin and the stream it came from, if the call's budget still covers what
+/// it costs the gateway's log; otherwise all of it is dropped and counted.
 fn emit(plugin: &str, stream: &str, level: LogLevel, budget: &LogBudget, text: &str) {
     let line = clip(text, MAX_LOG_LINE);
-    let line = clip(line, budget.take(line.len()));
+    if line.len() < text.len() {
+        budget.dropped(text.len() - line.len());
+    }
     if line.is_empty() {
         return;
     }
-    let line = escape_text(line);
+    let escaped = escape_text(line);
+    let cost = escaped.len() + LOG_LINE_FRAMING + plugin.len() + stream.len();
+    if !budget.take(cost) {
+        budget.dropped(line.len());
+        return;
+    }
     match level {
-        LogLevel::Trace => tracing::trace!(plugin, stream, "{line}"),
-        LogLevel::Debug => tracing::debug!(plugin, stream, "{line}"),
-        LogLevel::Info => tracing::info!(plugin, stream, "{line}"),
-        LogLevel::Warn => tracing::warn!(plugin, stream, "{line}"),
-        LogLevel::Error => tracing::error!(plugin, stream, "{line}"),
+        LogLevel::Trace => tracing::trace!(plugin, stream, "{escaped}"),
+        LogLevel::Debug => tracing::debug!(plugin, stream, "{escaped}"),
+        LogLevel::Info => tracing::info!(plugin, stream, "{escaped}"),
+        LogLevel::Warn => tracing::warn!(plugin, stream, "{escaped}"),
+        LogLevel::Error => tracing::error!(plugin, stream, "{escaped}"),
     }
 }
 
@@ -208,18 +202,21 @@ fn emit(plugin: &str, stream: &str, level: LogLevel, budget: &LogBudget, text: &
 pub(crate) struct StoreState {
     pub(crate) plugin: Arc<str>,
     wasi: WasiCtx,
-    pub(crate) table: ResourceTable,
+    /// WASI's resources (streams, pollables).
+    table: ResourceTable,
+    /// The contract's handles, valid for one call each.
+    pub(crate) handles: Handles,
     services: Arc<dyn HostServices>,
     limits: SandboxLimits,
-    clock: CallClock,
+    /// When the call in progress started.
+    started: Instant,
+    clock: Arc<CallClock>,
     tripped: Tripped,
-    /// Whether host verifications during the current call may use the embedder's cache.
-    cache: CachePolicy,
-    /// Where the current call's verifications record the subject they found.
-    witness: Option<crate::chain::Witness>,
+    /// The call in progress (`None` while instantiating and configuring).
+    call: Option<Call>,
+    /// The call's last successful review (what `allow-reviewed` forms an identity from).
+    last_review: Option<Arc<dyn Review>>,
     pub(crate) grants: Grants,
-    /// Handles (credentials, reviews) the current call created and the guest still holds.
-    pub(crate) handles: Vec<(u32, Tracked)>,
     log: Arc<LogBudget>,
     budget: Arc<MemoryBudget>,
     /// Bytes this instance has reserved from `budget`.
@@ -237,11 +234,6 @@ pub(crate) struct StoreParts {
 }
 
 impl StoreState {
-    /// The time plugins see (`now-ms`): the embedder's clock.
-    pub(crate) fn now_ms(&self) -> u64 {
-        self.services.now_ms()
-    }
-
     pub(crate) fn new(p: StoreParts) -> Self {
         let log = Arc::new(LogBudget {
             remaining: AtomicUsize::new(MAX_LOG_PER_CALL),
@@ -265,62 +257,93 @@ impl StoreState {
             plugin: p.plugin,
             wasi,
             table: ResourceTable::new(),
+            handles: Handles::default(),
             services: p.services,
             limits: p.limits,
-            clock: CallClock::new(p.limits.deadline),
+            started: Instant::now(),
+            clock: Arc::default(),
             tripped: Tripped::Nothing,
-            cache: CachePolicy::Use,
-            witness: None,
+            call: None,
+            last_review: None,
             grants: p.grants,
-            handles: Vec::new(),
             log,
             budget: p.budget,
             reserved: 0,
         }
     }
 
-    /// Starts the clocks and the log budget for a new guest call; returns the epoch ticks to
-    /// arm.
-    pub(crate) fn begin_call(
-        &mut self,
-        cache: CachePolicy,
-        witness: Option<crate::chain::Witness>,
-    ) -> u64 {
-        self.clock.restart(self.limits.deadline);
+    /// Starts the clocks, the log budget and a fresh handle generation for a guest call
+    /// (`call` is `None` for instantiation and `configure`); returns the epoch ticks to arm.
+    pub(crate) fn begin_call(&mut self, call: Option<Call>) -> u64 {
+        self.started = Instant::now();
+        self.clock.reset();
         self.tripped = Tripped::Nothing;
-        self.cache = cache;
-        self.witness = witness;
+        self.call = call;
+        self.last_review = None;
+        self.handles.begin_call();
         self.log
             .remaining
             .store(MAX_LOG_PER_CALL, Ordering::Release);
         ticks(self.limits.deadline.min(SLICE))
     }
 
+    /// Ends a call: its handles and its request are gone.
+    pub(crate) fn end_call(&mut self) {
+        self.handles.end_call();
+        self.call = None;
+        self.last_review = None;
+    }
+
+    /// The call's last successful review.
+    pub(crate) fn last_review(&self) -> Option<&dyn Review> {
+        self.last_review.as_deref()
+    }
+
+    /// The call in progress, for host functions that are about it.
+    pub(crate) fn call(&self) -> wasmtime::Result<&Call> {
+        self.call.as_ref().ok_or_else(|| {
+            wasmtime::format_err!(
+                "the plugin asked about the request outside `authenticate` (there is no call in progress)"
+            )
+        })
+    }
+
     pub(crate) fn tripped(&self) -> Tripped {
         self.tripped
     }
 
-    /// When the current call's wall-clock bound runs out.
-    pub(crate) fn call_deadline(&self) -> Instant {
-        self.clock.started + self.limits.call_timeout
+    /// Records that the call's wall-clock bound cut the guest off for waiting.
+    pub(crate) fn trip_deadline(&mut self) {
+        self.tripped = Tripped::Deadline;
     }
 
-    /// Wall time since the current call started.
-    pub(crate) fn call_elapsed(&self) -> Duration {
-        self.clock.started.elapsed()
+    /// When the call in progress started.
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The clock of the call in progress, for the call's bound.
+    pub(crate) fn clock(&self) -> Arc<CallClock> {
+        self.clock.clone()
     }
 
     pub(crate) fn plugin(&self) -> &str {
         &self.plugin
     }
 
-    /// A plugin's log line (the `log` import of either contract version).
+    /// The time plugins see (`now-ms`): the embedder's clock.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.services.now_ms()
+    }
+
+    /// A plugin's log line (the `log` import of every contract version).
     pub(crate) fn plugin_log(&self, level: LogLevel, message: &str) {
         emit(&self.plugin, "log", level, &self.log, message);
     }
 
-    /// A verification on the plugin's behalf, under the host-call timeout and within what
-    /// remains of the call's wall-clock bound; its time does not count as guest CPU.
+    /// A verification on the plugin's behalf of the current call's bearer token (`token`
+    /// given explicitly by contract 0.1), under the host-call timeout and within what remains
+    /// of the call's wall-clock bound; its time does not count as guest CPU.
     pub(crate) async fn review(
         &mut self,
         kind: ReviewKind,
@@ -332,31 +355,36 @@ impl StoreState {
         let left = self
             .limits
             .call_timeout
-            .saturating_sub(started - self.clock.started)
+            .saturating_sub(started - self.started)
             .saturating_sub(self.limits.deadline);
         let timeout = self.limits.host_call_timeout.min(left);
-        let (services, cache) = (self.services.clone(), self.cache);
+        let cache = self.call.as_ref().map(|c| c.cache).unwrap_or_default();
+        let services = self.services.clone();
         let call = async {
             match kind {
                 ReviewKind::TokenReview => services.token_review(token, audiences, cache).await,
                 ReviewKind::LocalJwt => services.verify_jwt(token, audiences).await,
             }
         };
-        let out =
-            tokio::time::timeout_at(tokio::time::Instant::from_std(started + timeout), call).await;
-        self.clock.in_host += started.elapsed();
-        if let (Ok(Ok(review)), Some(witness)) = (&out, &self.witness)
-            && review.authenticated()
-        {
-            witness.saw(review.username());
+        self.clock.enter_host();
+        let (out, waited) = crate::call::bounded_by(started + timeout, call).await;
+        self.clock.leave_host();
+        // An answer at once (a cached review) is too short to excuse; a wait is excused.
+        if waited {
+            self.clock.excuse_host(started.elapsed());
         }
-        out.unwrap_or_else(|_| {
+        if let Some(Ok(review)) = &out {
+            if let Some(call) = &self.call
+                && review.authenticated()
+            {
+                call.witness.saw(review.username());
+            }
+            self.last_review = Some(review.clone());
+        }
+        out.unwrap_or_else(|| {
             Err(ReviewError::Unavailable(format!(
                 "{} did not answer within {} ms",
-                match kind {
-                    ReviewKind::TokenReview => "TokenReview",
-                    ReviewKind::LocalJwt => "JWT verification",
-                },
+                kind.what(),
                 timeout.as_millis()
             )))
         })
@@ -399,19 +427,23 @@ pub(crate) fn on_epoch_deadline(
     mut ctx: StoreContextMut<'_, StoreState>,
 ) -> wasmtime::Result<UpdateDeadline> {
     let state = ctx.data_mut();
-    let used = state.clock.guest_time();
-    if used >= state.clock.budget {
+    let used = state
+        .started
+        .elapsed()
+        .saturating_sub(state.clock.excused());
+    let budget = state.limits.deadline;
+    if used >= budget {
         state.tripped = Tripped::Deadline;
         return Ok(UpdateDeadline::Interrupt);
     }
-    let next = ticks((state.clock.budget - used).min(SLICE));
-    let parked = state.clock.parked_us.clone();
+    let next = ticks((budget - used).min(SLICE));
+    let clock = state.clock.clone();
     Ok(UpdateDeadline::YieldCustom(
         next,
         Box::pin(async move {
             let started = Instant::now();
             tokio::task::yield_now().await;
-            parked.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            clock.excuse_parked(started.elapsed());
         }),
     ))
 }
@@ -475,13 +507,20 @@ impl StdoutStream for LogStream {
         Box::new(LineWriter {
             target: self.clone(),
             pending: Vec::new(),
+            cutting: false,
         })
     }
 }
 
+/// Splits a stream into lines. A line longer than [`MAX_LOG_LINE`] is logged once with its
+/// first [`MAX_LOG_LINE`] bytes; the rest of it, up to its line break, is dropped and counted
+/// (never logged as a line of its own).
 struct LineWriter {
     target: LogStream,
+    /// The start of the line being written (at most `MAX_LOG_LINE` bytes).
     pending: Vec<u8>,
+    /// Whether the current line was already cut and logged: its remaining bytes are dropped.
+    cutting: bool,
 }
 
 impl LineWriter {
@@ -497,14 +536,35 @@ impl LineWriter {
         );
     }
 
-    fn flush_lines(&mut self) {
-        while let Some(pos) = self.pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.pending.drain(..=pos).collect();
-            self.emit(&line);
-        }
-        if self.pending.len() > MAX_LOG_LINE {
-            let line = std::mem::take(&mut self.pending);
-            self.emit(&line);
+    fn write_bytes(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let (line, rest, complete) = match bytes.iter().position(|b| *b == b'\n') {
+                Some(i) => (&bytes[..i], &bytes[i + 1..], true),
+                None => (bytes, &[][..], false),
+            };
+            bytes = rest;
+            if self.cutting {
+                self.target.budget.dropped(line.len());
+            } else {
+                let room = MAX_LOG_LINE - self.pending.len();
+                let keep = line.len().min(room);
+                self.pending.extend_from_slice(&line[..keep]);
+                if keep < line.len() {
+                    // Over the line limit: log the first MAX_LOG_LINE bytes now, drop the rest
+                    // of this line.
+                    self.target.budget.dropped(line.len() - keep);
+                    let cut = std::mem::take(&mut self.pending);
+                    self.emit(&cut);
+                    self.cutting = true;
+                }
+            }
+            if complete {
+                if !self.cutting {
+                    let line = std::mem::take(&mut self.pending);
+                    self.emit(&line);
+                }
+                self.cutting = false;
+            }
         }
     }
 }
@@ -518,15 +578,10 @@ impl OutputStream for LineWriter {
     fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
         // Past the budget nothing more is buffered: the bytes are counted and dropped here.
         if self.target.budget.remaining.load(Ordering::Acquire) == 0 {
-            self.target
-                .budget
-                .stats
-                .log_dropped_bytes
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            self.target.budget.dropped(bytes.len());
             return Ok(());
         }
-        self.pending.extend_from_slice(&bytes);
-        self.flush_lines();
+        self.write_bytes(&bytes);
         Ok(())
     }
 
@@ -541,7 +596,72 @@ impl OutputStream for LineWriter {
 
 impl Drop for LineWriter {
     fn drop(&mut self) {
-        let rest = std::mem::take(&mut self.pending);
-        self.emit(&rest);
+        if !self.pending.is_empty() {
+            let rest = std::mem::take(&mut self.pending);
+            self.emit(&rest);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer(budget: usize) -> (LineWriter, Arc<LogBudget>) {
+        let budget = Arc::new(LogBudget {
+            remaining: AtomicUsize::new(budget),
+            stats: Arc::default(),
+        });
+        let w = LineWriter {
+            target: LogStream {
+                plugin: Arc::from("p"),
+                stream: "stdout",
+                budget: budget.clone(),
+            },
+            pending: Vec::new(),
+            cutting: false,
+        };
+        (w, budget)
+    }
+
+    fn dropped(b: &LogBudget) -> u64 {
+        b.stats.log_dropped_bytes.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_long_line_is_cut_once_and_its_tail_counted() {
+        let (mut w, budget) = writer(MAX_LOG_PER_CALL);
+        let line = format!("{}\nnext\n", "x".repeat(5_000));
+        // Written in pieces, as a guest's buffered stdout does.
+        for chunk in line.as_bytes().chunks(700) {
+            w.write_bytes(chunk);
+        }
+        assert_eq!(dropped(&budget), 5_000 - MAX_LOG_LINE as u64);
+        let spent = MAX_LOG_PER_CALL - budget.remaining.load(Ordering::Relaxed);
+        // Two lines logged: the cut one and `next`, each with its framing.
+        let framing = LOG_LINE_FRAMING + "p".len() + "stdout".len();
+        assert_eq!(spent, MAX_LOG_LINE + framing + "next".len() + framing);
+    }
+
+    #[test]
+    fn the_budget_counts_framing_and_escapes() {
+        let (mut w, budget) = writer(MAX_LOG_PER_CALL);
+        for _ in 0..16_384 {
+            w.write_bytes(b"x\n");
+        }
+        let per_line = 1 + LOG_LINE_FRAMING + "p".len() + "stdout".len();
+        let logged = MAX_LOG_PER_CALL / per_line;
+        assert_eq!(dropped(&budget), (16_384 - logged) as u64);
+        let (mut w, budget) = writer(MAX_LOG_PER_CALL);
+        w.write_bytes(&[1u8; 2_000]);
+        w.write_bytes(b"\n");
+        // Each control byte is written escaped (`\u{1}`): what is charged.
+        let spent = MAX_LOG_PER_CALL - budget.remaining.load(Ordering::Relaxed);
+        let escaped = escape_text(&"\u{1}".repeat(2_000)).len();
+        assert!(escaped >= 2_000 * 5, "{escaped}");
+        assert_eq!(
+            spent,
+            escaped + LOG_LINE_FRAMING + "p".len() + "stdout".len()
+        );
     }
 }

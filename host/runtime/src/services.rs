@@ -42,7 +42,9 @@ pub trait HostServices: Send + Sync + 'static {
     /// The wall clock plugins read (`now-ms`), in milliseconds since the Unix epoch. A seam
     /// for policy tests that pin the time; the gateway keeps the default, the system clock.
     fn now_ms(&self) -> u64 {
-        crate::now_ms()
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
     }
 }
 

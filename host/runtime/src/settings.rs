@@ -20,14 +20,15 @@ pub struct RuntimeSettings {
     pub memory_mib: u64,
     /// Wall-clock limit of one host call (TokenReview, JWT verification), in milliseconds.
     pub host_call_timeout_ms: u64,
-    /// Wall-clock bound of one whole call (`configure` or `authenticate`): guest code, host
-    /// calls and anything the guest waits on through WASI, in milliseconds. At least
-    /// `host_call_timeout_ms` + `deadline_ms`: a host call is cut short so the guest keeps
-    /// `deadline_ms` of it to finish.
-    pub call_timeout_ms: u64,
+    /// Wall-clock bound of one whole call (`configure` or `authenticate`): guest code and host
+    /// calls, in milliseconds. At least `host_call_timeout_ms` + `deadline_ms`: a host call is
+    /// cut short so the guest keeps `deadline_ms` of it to finish. Unset, it is exactly that
+    /// plus 500 ms (see [`RuntimeSettings::call_timeout`]).
+    pub call_timeout_ms: Option<u64>,
     /// Memory all instances of all plugins may hold together, in MiB (at least
-    /// `memory_mib`). Growth past it fails the call with `UNAVAILABLE`.
-    pub memory_budget_mib: u64,
+    /// `memory_mib`). Growth past it fails the call with `UNAVAILABLE`. Unset, it is 2048 or
+    /// `memory_mib`, whichever is larger.
+    pub memory_budget_mib: Option<u64>,
     /// Live instances one plugin may have (idle and busy). A call that finds none idle and the
     /// cap reached waits up to `instance_wait_ms` for one, then fails with `UNAVAILABLE`.
     pub max_instances: usize,
@@ -46,8 +47,8 @@ impl Default for RuntimeSettings {
             deadline_ms: 50,
             memory_mib: 64,
             host_call_timeout_ms: 5_000,
-            call_timeout_ms: 5_500,
-            memory_budget_mib: 2_048,
+            call_timeout_ms: None,
+            memory_budget_mib: None,
             max_instances: 64,
             instance_wait_ms: 1_000,
             cache_dir: None,
@@ -57,6 +58,12 @@ impl Default for RuntimeSettings {
         }
     }
 }
+
+/// What `call_timeout_ms` adds, when derived, to `host_call_timeout_ms` + `deadline_ms`.
+const CALL_MARGIN_MS: u64 = 500;
+
+/// The plugin memory budget when `memory_budget_mib` is not set (unless `memory_mib` is more).
+const DEFAULT_BUDGET_MIB: u64 = 2_048;
 
 /// A setting outside its allowed range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,18 +102,33 @@ impl RuntimeSettings {
             0,
             4_096,
         )?;
-        range(
-            "call_timeout_ms",
-            self.call_timeout_ms,
-            self.host_call_timeout_ms.saturating_add(self.deadline_ms),
-            600_000,
-        )?;
-        range(
-            "memory_budget_mib",
-            self.memory_budget_mib,
-            self.memory_mib,
-            1 << 20,
-        )?;
+        // Relations name the key the operator set and the keys it must agree with; a key left
+        // out follows the others instead of contradicting them.
+        let floor = self.host_call_timeout_ms.saturating_add(self.deadline_ms);
+        if let Some(call) = self.call_timeout_ms {
+            if call < floor {
+                return Err(SettingsError {
+                    key: "call_timeout_ms",
+                    message: format!(
+                        "must be at least host_call_timeout_ms + deadline_ms ({} + {} = {floor}), got {call}",
+                        self.host_call_timeout_ms, self.deadline_ms
+                    ),
+                });
+            }
+            range("call_timeout_ms", call, 1, 600_000)?;
+        }
+        if let Some(budget) = self.memory_budget_mib {
+            if budget < self.memory_mib {
+                return Err(SettingsError {
+                    key: "memory_budget_mib",
+                    message: format!(
+                        "must be at least memory_mib ({}), got {budget}",
+                        self.memory_mib
+                    ),
+                });
+            }
+            range("memory_budget_mib", budget, 1, 1 << 20)?;
+        }
         range("max_instances", self.max_instances as u64, 1, 4_096)?;
         range("instance_wait_ms", self.instance_wait_ms, 0, 60_000)?;
         Ok(())
@@ -127,14 +149,23 @@ impl RuntimeSettings {
         Duration::from_millis(self.host_call_timeout_ms)
     }
 
-    /// The wall-clock bound of one call.
+    /// The wall-clock bound of one call: `call_timeout_ms`, or if unset
+    /// `host_call_timeout_ms` + `deadline_ms` + 500 ms.
     pub fn call_timeout(&self) -> Duration {
-        Duration::from_millis(self.call_timeout_ms)
+        Duration::from_millis(self.call_timeout_ms.unwrap_or_else(|| {
+            self.host_call_timeout_ms
+                .saturating_add(self.deadline_ms)
+                .saturating_add(CALL_MARGIN_MS)
+        }))
     }
 
-    /// The memory budget of all instances together, in bytes.
+    /// The memory budget of all instances together, in bytes: `memory_budget_mib`, or if
+    /// unset 2048 MiB or `memory_mib`, whichever is larger.
     pub fn memory_budget_bytes(&self) -> usize {
-        (self.memory_budget_mib as usize).saturating_mul(1 << 20)
+        let mib = self
+            .memory_budget_mib
+            .unwrap_or(DEFAULT_BUDGET_MIB.max(self.memory_mib));
+        (mib as usize).saturating_mul(1 << 20)
     }
 
     /// How long a call waits for an instance at `max_instances`.
@@ -160,5 +191,25 @@ mod tests {
             ..RuntimeSettings::default()
         };
         assert_eq!(zero.validate().unwrap_err().key, "deadline_ms");
+    }
+
+    #[test]
+    fn a_key_left_out_follows_the_keys_set() {
+        // `deadline_ms` alone: the call's bound grows with it instead of contradicting it.
+        let s: RuntimeSettings = serde_json::from_str(r#"{"deadline_ms": 1000}"#).unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.call_timeout(), Duration::from_millis(5_000 + 1_000 + 500));
+        let s: RuntimeSettings = serde_json::from_str(r#"{"memory_mib": 4000}"#).unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.memory_budget_bytes(), 4000 << 20);
+        // Set too small, the error names the key written and what it relates to.
+        let s: RuntimeSettings =
+            serde_json::from_str(r#"{"deadline_ms": 1000, "call_timeout_ms": 5500}"#).unwrap();
+        let e = s.validate().unwrap_err();
+        assert_eq!(e.key, "call_timeout_ms");
+        assert!(e.message.contains("(5000 + 1000 = 6000), got 5500"), "{e}");
+        let s: RuntimeSettings =
+            serde_json::from_str(r#"{"memory_mib": 100, "memory_budget_mib": 50}"#).unwrap();
+        assert_eq!(s.validate().unwrap_err().key, "memory_budget_mib");
     }
 }

@@ -203,6 +203,11 @@ pub trait Review: Send + Sync + 'static {
     fn extras(&self) -> Vec<(String, Vec<String>)>;
     /// When the token expires (Unix ms), if known.
     fn expires_at_ms(&self) -> Option<u64>;
+    /// The name of the trust source (cluster) that vouched for the token: `default` for the
+    /// embedder's only one.
+    fn cluster(&self) -> &str {
+        "default"
+    }
 }
 
 /// Why the host could not complete a review. None of these says anything about the token.

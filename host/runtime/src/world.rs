@@ -82,13 +82,16 @@ fn split_version(name: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// The versions this host implements, for messages: `@0.2.0 and @0.1.0`.
+/// The versions this host implements, for messages: `@0.3.0, @0.2.0 and @0.1.0`.
 fn supported() -> String {
-    ContractVersion::ALL
+    let all: Vec<String> = ContractVersion::ALL
         .iter()
         .map(|v| format!("@{}", v.semver()))
-        .collect::<Vec<_>>()
-        .join(" and ")
+        .collect();
+    match all.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => all.concat(),
+    }
 }
 
 /// Checks the world by name and tells which contract version the component targets;
@@ -170,6 +173,13 @@ mod tests {
 
     #[test]
     fn world_check_names_the_problem() {
+        assert_eq!(
+            check(
+                &[item("trustgate:auth/host@0.3.0")],
+                &[item("trustgate:auth/plugin@0.3.0")]
+            ),
+            Ok(ContractVersion::V0_3)
+        );
         let ok = [item("trustgate:auth/plugin@0.2.0")];
         assert_eq!(
             check(
@@ -191,12 +201,12 @@ mod tests {
         let e = check(&[], &[item("trustgate:auth/plugin@0.9.0")]).unwrap_err();
         assert!(
             e.contains("built against trustgate:auth@0.9.0")
-                && e.contains("implements @0.2.0 and @0.1.0"),
+                && e.contains("implements @0.3.0, @0.2.0 and @0.1.0"),
             "{e}"
         );
         let e = check(&[], &[item("other:thing/x")]).unwrap_err();
         assert!(
-            e.contains("does not export `trustgate:auth/plugin@0.2.0`")
+            e.contains("does not export `trustgate:auth/plugin@0.3.0`")
                 && e.contains("other:thing/x"),
             "{e}"
         );

@@ -3,7 +3,7 @@
 //   node plugins/sdk-js/build.mjs app.js plugin.wasm
 //
 // The module and this SDK are bundled into one file (rolldown), then componentize-js embeds it
-// in a JavaScript engine exporting `trustgate:auth/plugin@0.2.0`. Both tools are pinned in
+// in a JavaScript engine exporting `trustgate:auth/plugin@0.3.0`. Both tools are pinned in
 // this directory's package.json; run `npm ci` here once.
 import { fileURLToPath } from "node:url";
 import { dirname, resolve } from "node:path";
@@ -13,6 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { rolldown } from "rolldown";
 import { componentize } from "@bytecodealliance/componentize-js";
+import { lineTable } from "./util.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -36,10 +37,14 @@ const bundle = await rolldown({
   resolve: { alias: { "trustgate-plugin": join(here, "index.js") } },
   logLevel: "warn",
 });
-const { output } = await bundle.generate({ format: "esm" });
+const { output } = await bundle.generate({ format: "esm", sourcemap: true });
 const dir = await mkdtemp(join(tmpdir(), "trustgate-js-"));
 const bundled = join(dir, "plugin.js");
-await writeFile(bundled, output[0].code);
+// The bundle's lines mapped back to the sources, appended (not prepended: the lines stay
+// where the map says), so an error names `app.js:14`, not a line of the bundle.
+const map = output[0].map;
+const lines = { sources: map.sources.map(String), lines: lineTable(map.mappings) };
+await writeFile(bundled, `${output[0].code}\nglobalThis.__TRUSTGATE_SOURCE_LINES = ${JSON.stringify(lines)};\n`);
 try {
   const { component } = await componentize({
     sourcePath: bundled,

@@ -101,3 +101,132 @@ export function cidrMatcher(cidrs) {
     return a !== null && nets.some(([w, shift, prefix]) => w === a[0] && a[1] >> shift === prefix);
   };
 }
+
+// === The configuration, with the keys read counted ===
+
+const READ = Symbol("trustgate.read");
+
+/**
+ * The operator's configuration as the policy sees it: the same object, remembering which keys
+ * the policy read (nested tables and tables in lists too), so a key it never reads — a typo —
+ * can be reported. Enumerating a table (`Object.keys`, `for…in`, spreading) counts as reading
+ * all of it.
+ */
+export function trackedConfig(value, path = "") {
+  if (Array.isArray(value)) {
+    return value.map((v, i) => trackedConfig(v, `${path}[${i}]`));
+  }
+  if (value === null || typeof value !== "object") return value;
+  const read = new Set();
+  let all = false;
+  const target = {};
+  for (const [k, v] of Object.entries(value)) target[k] = trackedConfig(v, path ? `${path}.${k}` : k);
+  return new Proxy(target, {
+    get(t, key) {
+      if (key === READ) return { read, all, path, target: t };
+      if (typeof key === "string") read.add(key);
+      return t[key];
+    },
+    has(t, key) {
+      if (typeof key === "string") read.add(key);
+      return key in t;
+    },
+    ownKeys(t) {
+      all = true;
+      return Reflect.ownKeys(t);
+    },
+  });
+}
+
+/** The first key (with its path) of a tracked configuration the policy never read. */
+export function unreadKey(config) {
+  const state = config?.[READ];
+  if (!state) return undefined;
+  if (state.all) return undefined;
+  for (const [k, v] of Object.entries(state.target)) {
+    const at = state.path ? `${state.path}.${k}` : k;
+    if (!state.read.has(k)) return at;
+    for (const child of Array.isArray(v) ? v : [v]) {
+      const deeper = unreadKey(child);
+      if (deeper !== undefined) return deeper;
+    }
+  }
+  return undefined;
+}
+
+// === Where in the policy's own source ===
+
+const basename = (p) => p.slice(p.lastIndexOf("/") + 1);
+
+/**
+ * `app.js:14` for the innermost frame of `stack` in the policy's own sources. The build
+ * appends `globalThis.__TRUSTGATE_SOURCE_LINES` (the bundle's lines mapped to sources); a
+ * frame in the SDK is skipped.
+ */
+export function locate(stack, lines = globalThis.__TRUSTGATE_SOURCE_LINES) {
+  for (const frame of String(stack ?? "").split("\n")) {
+    const m = /([^\s@(]*):(\d+):(\d+)\)?\s*$/.exec(frame);
+    if (!m) continue;
+    const line = Number(m[2]);
+    if (!lines) return `${basename(m[1])}:${line}`;
+    const entry = lines.lines[line - 1];
+    if (!entry) continue;
+    const source = lines.sources[entry[0]];
+    if (/(^|\/)(sdk-js|trustgate-plugin)\//.test(source)) continue;
+    return `${basename(source)}:${entry[1]}`;
+  }
+  return "?";
+}
+
+/** `app.js:14: TypeError: message` for an error thrown by the policy. */
+export function describeError(e) {
+  const name = e?.name ?? "Error";
+  const message = e?.message ?? String(e);
+  return `${locate(e?.stack)}: ${name}: ${message}`;
+}
+
+// === Source maps, for the build ===
+
+const B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+function vlq(segment) {
+  const out = [];
+  let value = 0;
+  let shift = 0;
+  for (const ch of segment) {
+    const digit = B64.indexOf(ch);
+    if (digit < 0) return null;
+    value += (digit & 31) << shift;
+    if (digit & 32) {
+      shift += 5;
+    } else {
+      out.push(value & 1 ? -(value >>> 1) : value >>> 1);
+      value = 0;
+      shift = 0;
+    }
+  }
+  return out;
+}
+
+/**
+ * A source map's `mappings` as a line table: for each generated line, `[source index,
+ * original line (1-based)]` of its first mapped segment (or `null`).
+ */
+export function lineTable(mappings) {
+  const lines = [];
+  let source = 0;
+  let origLine = 0;
+  for (const line of mappings.split(";")) {
+    let first = null;
+    for (const seg of line.split(",")) {
+      if (!seg) continue;
+      const f = vlq(seg);
+      if (!f || f.length < 4) continue;
+      source += f[1];
+      origLine += f[2];
+      first ??= [source, origLine + 1];
+    }
+    lines.push(first);
+  }
+  return lines;
+}

@@ -20,7 +20,10 @@
 //! ```
 
 use serde::Deserialize;
-use trustgate_plugin_sdk::{Cidr, Decision, Glob, Identity, Plugin, Request, deny_forbidden};
+use trustgate_plugin_sdk::{
+    Cidr, Decision, Glob, Identity, IdentityFields, Plugin, Request, RequestFields, Wants,
+    deny_forbidden,
+};
 
 /// What a matching rule does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -96,7 +99,7 @@ impl Rule {
             && self
                 .namespace
                 .as_ref()
-                .is_none_or(|p| id.attribute("namespace").is_some_and(|ns| p.matches(&ns)))
+                .is_none_or(|p| id.attribute("namespace").is_some_and(|ns| p.matches(ns)))
             && self
                 .group
                 .as_ref()
@@ -152,6 +155,29 @@ impl Plugin for Allowlist {
             });
         }
         Ok(Self { rules })
+    }
+
+    /// Exactly what the rules read: each call brings those facts and nothing else.
+    fn wants(&self) -> Wants {
+        let mut wants = Wants::default();
+        for r in &self.rules {
+            if r.roles.is_some() {
+                wants.request |= RequestFields::ROLE;
+            }
+            if r.cidr.is_some() {
+                wants.request |= RequestFields::REMOTE;
+            }
+            if r.subject.is_some() {
+                wants.so_far |= IdentityFields::SUBJECT;
+            }
+            if r.group.is_some() {
+                wants.so_far |= IdentityFields::GROUPS;
+            }
+            if r.namespace.is_some() {
+                wants = wants.attribute("namespace");
+            }
+        }
+        wants
     }
 
     fn authenticate(&self, request: &Request, so_far: Option<&Identity>) -> Decision {

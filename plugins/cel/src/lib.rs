@@ -28,12 +28,16 @@
 //! | `identity` | `subject`, `method`, `groups` (list), `attributes` (map), `roles`, `scopes`, `expires_at_ms`, `skip_pairing` — or `null` |
 //! | `now` | the gateway's time, a timestamp (`now.getHours()`, in UTC) |
 //!
-//! plus the function `inCidr(ip, "10.0.0.0/8")`. Every expression is compiled, and tried once
-//! against a complete sample request, when the plugin is configured: a syntax error, a field
-//! that does not exist or a result that is not a boolean is a configuration error naming the
-//! rule's key.
+//! plus the function `inCidr(ip, "10.0.0.0/8")`. Every expression is parsed and checked when
+//! the plugin is configured — every identifier, field and function against the variables and
+//! their types, statically (`check.rs`), so a typo anywhere, even behind `&&`, is a
+//! configuration error naming the rule's key, the field and the nearest valid names. Rules of
+//! the common shapes run compiled (`fast.rs`); the rest in cel-rust's interpreter.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+mod check;
+mod fast;
+
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use cel::common::ast::{EntryExpr, Expr, MapExpr, StructExpr};
@@ -43,7 +47,8 @@ use cel::common::types::{
 use cel::{Context, Env, IdedExpr, Program, Value};
 use serde::Deserialize;
 use trustgate_plugin_sdk::{
-    Cidr, Decision, DenyCode, Identity, Narrowing, Plugin, Request, deny, now_ms, parse_ip,
+    Cidr, Decision, DenyCode, Identity, IdentityFields, Narrowing, Plugin, Request, RequestFields,
+    Wants, deny, now_ms, parse_ip,
 };
 
 /// What happens when no rule matches.
@@ -112,6 +117,8 @@ enum Effect {
 
 struct Rule {
     program: Program,
+    /// The rule compiled, if every node of it compiles.
+    fast: Option<fast::Node>,
     /// Whether the expression reads `identity` (skipped while there is none).
     needs_identity: bool,
     effect: Effect,
@@ -137,20 +144,6 @@ impl Need {
     }
 }
 
-/// The identifiers an expression may use besides the variables: CEL's type names.
-const TYPE_NAMES: [&str; 10] = [
-    "bool",
-    "bytes",
-    "double",
-    "int",
-    "list",
-    "map",
-    "null_type",
-    "string",
-    "type",
-    "uint",
-];
-
 /// What some rule reads, collected from the compiled expressions.
 #[derive(Debug, Default)]
 struct Reads {
@@ -158,8 +151,6 @@ struct Reads {
     peer: Need,
     identity: Need,
     now: bool,
-    /// The first identifier that is neither a variable, a type nor bound by a macro.
-    unknown: Option<String>,
 }
 
 impl Reads {
@@ -212,8 +203,6 @@ impl Reads {
                     need.all = true;
                 } else if name == "now" {
                     self.now = true;
-                } else if !TYPE_NAMES.contains(&name.as_str()) && self.unknown.is_none() {
-                    self.unknown = Some(name.clone());
                 }
             }
             Expr::Call(c) => {
@@ -270,14 +259,14 @@ pub struct Cel {
 
 /// The fields a call fetches of each variable; an empty list leaves the variable out.
 struct Wanted {
-    request: Vec<&'static Field<FromRequest>>,
-    peer: Vec<&'static Field<FromRequest>>,
-    identity: Vec<&'static Field<FromIdentity>>,
+    request: Vec<&'static Field<FromRequest, RequestFields>>,
+    peer: Vec<&'static Field<FromRequest, RequestFields>>,
+    identity: Vec<&'static Field<FromIdentity, IdentityFields>>,
 }
 
 impl Wanted {
     fn of(reads: &Reads) -> Self {
-        fn pick<R>(fields: &'static [Field<R>], need: &Need) -> Vec<&'static Field<R>> {
+        fn pick<R, F>(fields: &'static [Field<R, F>], need: &Need) -> Vec<&'static Field<R, F>> {
             fields.iter().filter(|f| need.wants(f.name)).collect()
         }
         Self {
@@ -285,6 +274,18 @@ impl Wanted {
             peer: pick(PEER, &reads.peer),
             identity: pick(IDENTITY, &reads.identity),
         }
+    }
+
+    /// What the plugin declares: the facts behind the fields it reads.
+    fn declared(&self) -> Wants {
+        let mut wants = Wants::default();
+        for f in self.request.iter().chain(&self.peer) {
+            wants.request |= f.fact;
+        }
+        for f in &self.identity {
+            wants.so_far |= f.fact;
+        }
+        wants
     }
 }
 
@@ -296,13 +297,14 @@ impl Wanted {
 
 type Val = Box<dyn cel::common::value::Val + 'static>;
 
-/// One field of a variable: its name, how a call reads it from the gateway, and the value the
-/// configure-time dry run gives it. One table per variable, so what a call reads, what the map
-/// holds and what configuration checks against can never disagree.
-struct Field<R> {
+/// One field of a variable: its name, the fact of the contract it is read from, and how a call
+/// reads it. One table per variable, so what a call reads and what the map holds never
+/// disagree.
+struct Field<R, F> {
     name: &'static str,
+    /// The fact of the contract this field is read from (what the plugin declares it wants).
+    fact: F,
     read: R,
-    sample: fn() -> Val,
 }
 
 /// How a call reads one field from its source.
@@ -312,10 +314,6 @@ type FromIdentity = for<'a, 'b> fn(&'a Identity<'b>) -> Val;
 
 fn string(s: String) -> Val {
     Box::new(CelString::from(s))
-}
-
-fn text(s: &'static str) -> Val {
-    string(s.to_string())
 }
 
 fn strings(list: Vec<String>) -> Val {
@@ -345,120 +343,120 @@ fn map(fields: impl IntoIterator<Item = (&'static str, Val)>) -> Val {
 }
 
 /// `request`.
-const REQUEST: &[Field<FromRequest>] = &[
+const REQUEST: &[Field<FromRequest, RequestFields>] = &[
     Field {
         name: "role",
+        fact: RequestFields::ROLE,
         read: |r| string(r.role().to_string()),
-        sample: || text("worker"),
     },
     Field {
         name: "scopes",
-        read: |r| strings(r.scopes()),
-        sample: || strings(vec!["scope".into()]),
+        fact: RequestFields::SCOPES,
+        read: |r| strings(r.scopes().to_vec()),
     },
     Field {
         name: "method",
+        fact: RequestFields::METHOD,
         read: |r| string(r.method().to_string()),
-        sample: || text("method"),
     },
     Field {
         name: "device",
+        fact: RequestFields::DEVICE,
         read: |r| {
             r.device()
-                .map_or_else(null, |d| map([("id", string(d.id))]))
+                .map_or_else(null, |d| map([("id", string(d.id.clone()))]))
         },
-        sample: || map([("id", text("id"))]),
     },
 ];
 
 /// `peer`.
-const PEER: &[Field<FromRequest>] = &[
+const PEER: &[Field<FromRequest, RequestFields>] = &[
     Field {
         name: "ip",
+        fact: RequestFields::REMOTE,
         read: |r| string(r.ip().map(|ip| ip.to_string()).unwrap_or_default()),
-        sample: || text("10.0.0.1"),
     },
     Field {
         name: "addr",
+        fact: RequestFields::REMOTE,
         read: |r| string(r.remote_addr().to_string()),
-        sample: || text("10.0.0.1:40000"),
     },
     Field {
         name: "tls",
+        fact: RequestFields::TLS,
         read: |r| boolean(r.tls()),
-        sample: || boolean(true),
     },
     Field {
         name: "client_id",
-        read: |r| string(r.client().id),
-        sample: || text("client"),
+        fact: RequestFields::CLIENT,
+        read: |r| string(r.client().id.clone()),
     },
     Field {
         name: "client_version",
-        read: |r| string(r.client().version),
-        sample: || text("1"),
+        fact: RequestFields::CLIENT,
+        read: |r| string(r.client().version.clone()),
     },
     Field {
         name: "platform",
-        read: |r| optional(r.client().platform),
-        sample: || text("linux"),
+        fact: RequestFields::CLIENT,
+        read: |r| optional(r.client().platform.clone()),
     },
     Field {
         name: "instance_id",
-        read: |r| optional(r.client().instance_id),
-        sample: || text("pod"),
+        fact: RequestFields::CLIENT,
+        read: |r| optional(r.client().instance_id.clone()),
     },
     Field {
         name: "conn_id",
-        read: |r| string(r.conn_id()),
-        sample: || text("c-1"),
+        fact: RequestFields::CONN_ID,
+        read: |r| string(r.conn_id().to_string()),
     },
 ];
 
-/// `identity`. Its `attributes` sample is replaced by the dry run's growing one.
-const IDENTITY: &[Field<FromIdentity>] = &[
+/// `identity`.
+const IDENTITY: &[Field<FromIdentity, IdentityFields>] = &[
     Field {
         name: "subject",
+        fact: IdentityFields::SUBJECT,
         read: |i| string(i.subject().to_string()),
-        sample: || text("subject"),
     },
     Field {
         name: "method",
-        read: |i| string(i.method()),
-        sample: || text("method"),
+        fact: IdentityFields::METHOD,
+        read: |i| string(i.method().to_string()),
     },
     Field {
         name: "groups",
-        read: |i| strings(i.groups()),
-        sample: || strings(vec!["group".into()]),
+        fact: IdentityFields::GROUPS,
+        read: |i| strings(i.groups().to_vec()),
     },
     Field {
         name: "attributes",
-        read: |i| attributes(i.attributes()),
-        sample: || attributes(Vec::new()),
+        fact: IdentityFields::ATTRIBUTES,
+        read: |i| attributes(i.attributes().to_vec()),
     },
     Field {
         name: "roles",
-        read: |i| strings(i.roles()),
-        sample: || strings(vec!["worker".into()]),
+        fact: IdentityFields::ROLES,
+        read: |i| strings(i.roles().to_vec()),
     },
     Field {
         name: "scopes",
-        read: |i| strings(i.scopes()),
-        sample: || strings(vec!["scope".into()]),
+        fact: IdentityFields::SCOPES,
+        read: |i| strings(i.scopes().to_vec()),
     },
     Field {
         name: "expires_at_ms",
+        fact: IdentityFields::EXPIRES_AT_MS,
         read: |i| {
             i.expires_at_ms()
                 .map_or_else(null, |ms| Box::new(CelUInt::from(ms)) as Val)
         },
-        sample: || Box::new(CelUInt::from(0u64)),
     },
     Field {
         name: "skip_pairing",
+        fact: IdentityFields::SKIP_PAIRING,
         read: |i| boolean(i.skip_pairing()),
-        sample: || boolean(false),
     },
 ];
 
@@ -471,26 +469,9 @@ fn attributes(pairs: Vec<(String, String)>) -> Val {
 }
 
 /// The given fields of one variable, read from `source`.
-fn read<S: ?Sized>(fields: &[&Field<ReadFrom<S>>], source: &S) -> Val {
+fn read<S: ?Sized, F>(fields: &[&Field<ReadFrom<S>, F>], source: &S) -> Val {
     map(fields.iter().map(|f| (f.name, (f.read)(source))))
 }
-
-/// Every field of one variable with its sample value.
-fn sample<R>(fields: &[Field<R>]) -> Vec<(&'static str, Val)> {
-    fields.iter().map(|f| (f.name, (f.sample)())).collect()
-}
-
-/// How many attribute keys the configure-time dry run adds to its sample identity.
-const MAX_SAMPLE_ATTRIBUTES: usize = 64;
-
-/// The attribute keys the sample identity starts with (those `k8s-sa-trust` sets).
-const SAMPLE_ATTRIBUTES: [&str; 5] = [
-    "namespace",
-    "service-account",
-    "pod-name",
-    "pod-uid",
-    "node-name",
-];
 
 /// How many parsed `inCidr` networks a thread keeps; rules name a handful of constants.
 const MAX_CACHED_NETWORKS: usize = 64;
@@ -502,9 +483,13 @@ thread_local! {
 }
 
 /// `inCidr(ip, cidr)`: whether the address is in the network. A malformed address or network is
-/// an evaluation error (which denies).
-fn in_cidr(ip: Arc<String>, cidr: Arc<String>) -> Result<bool, cel::ExecutionError> {
-    let net = match NETWORKS.with(|n| n.borrow().get(cidr.as_str()).copied()) {
+/// an evaluation error (which denies). Declared once in the environment (not per call).
+fn in_cidr(ip: &CelString<'_>, cidr: &CelString<'_>) -> Result<CelBool, cel::ExecutionError> {
+    in_cidr_str(ip.inner(), cidr.inner()).map(CelBool::from)
+}
+
+fn in_cidr_str(ip: &str, cidr: &str) -> Result<bool, cel::ExecutionError> {
+    let net = match NETWORKS.with(|n| n.borrow().get(cidr).copied()) {
         Some(net) => net,
         None => {
             let net: Cidr = cidr
@@ -519,9 +504,18 @@ fn in_cidr(ip: Arc<String>, cidr: Arc<String>) -> Result<bool, cel::ExecutionErr
             net
         }
     };
-    let ip = parse_ip(&ip)
+    let ip = parse_ip(ip)
         .ok_or_else(|| cel::ExecutionError::function_error("inCidr", "not an IP address"))?;
     Ok(net.contains(&ip))
+}
+
+/// The environment every rule of a plugin is compiled and run in: CEL's standard library and
+/// `inCidr`.
+fn environment() -> Result<Env, String> {
+    let mut env = Env::stdlib();
+    cel::add_overload!(env, fn in_cidr: (CelString, CelString) -> Result<CelBool>, name = "inCidr", id = "inCidr(string,string)")
+        .map_err(|e| format!("{e:?}"))?;
+    Ok(env)
 }
 
 fn context<'a>(
@@ -545,72 +539,53 @@ fn context<'a>(
         let ts = chrono::DateTime::from_timestamp_millis(ms as i64).unwrap_or_default();
         ctx.add_variable_as_val("now", Box::new(CelTimestamp::from(ts.fixed_offset())));
     }
-    ctx.add_function("inCidr", in_cidr)
-        .map_err(|e| format!("{e:?}"))?;
     Ok(ctx)
 }
 
+/// A CEL parse error as one line: the message and where, without the caret diagram.
+fn parse_error(e: &cel::ParseErrors, source: &str) -> String {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("").trim();
+    let mut out = first.to_string();
+    if text.contains("invalid argument to has() macro") {
+        out.push_str(
+            " (has() takes a field, `has(identity.attributes.team)`; for a key that is not a name, write `\"pod-name\" in identity.attributes`)",
+        );
+    }
+    if source.contains('\n') || out.is_empty() {
+        out.push_str(&format!(" in `{}`", source.replace('\n', " ")));
+    }
+    out
+}
+
 impl Cel {
-    fn compile(env: &Arc<Env>, key: &str, source: &str) -> Result<(Program, Reads), String> {
-        let program = env
-            .compile(source)
-            .map_err(|e| format!("{key}: not a valid CEL expression: {e}"))?;
+    fn compile(
+        env: &Arc<Env>,
+        key: &str,
+        source: &str,
+    ) -> Result<(Program, Option<fast::Node>, Reads), String> {
+        let program = env.compile(source).map_err(|e| {
+            format!(
+                "{key}: not a valid CEL expression: {}",
+                parse_error(&e, source)
+            )
+        })?;
+        // Checked, not sampled: the whole expression, whatever an evaluation would skip.
+        check::check_rule(&program).map_err(|e| match e.at {
+            Some((line, column)) if source.contains('\n') => {
+                format!(
+                    "{key}: {} (line {line}, column {column} of the expression)",
+                    e.message
+                )
+            }
+            Some((_, column)) => {
+                format!("{key}: {} (column {column} of the expression)", e.message)
+            }
+            None => format!("{key}: {}", e.message),
+        })?;
         let reads = Reads::of(&program);
-        if let Some(unknown) = &reads.unknown {
-            return Err(format!(
-                "{key}: unknown variable `{unknown}` (expressions see `request`, `peer`, `identity` and `now`)"
-            ));
-        }
-        // "Type check": run it once against a complete sample; a missing field, a wrong
-        // operand type or a non-boolean result shows up here instead of at the first peer.
-        // Attributes are an open map, so a key the sample lacks is added and the run repeated;
-        // a key that is still missing afterwards is a field no variable has.
-        let mut attributes: BTreeMap<String, String> = SAMPLE_ATTRIBUTES
-            .iter()
-            .map(|k| (k.to_string(), "value".to_string()))
-            .collect();
-        loop {
-            let mut identity = sample(IDENTITY);
-            for (name, value) in &mut identity {
-                if *name == "attributes" {
-                    *value = self::attributes(
-                        attributes
-                            .iter()
-                            .map(|(k, v)| (k.clone(), v.clone()))
-                            .collect(),
-                    );
-                }
-            }
-            let ctx = context(
-                env,
-                Some(map(sample(REQUEST))),
-                Some(map(sample(PEER))),
-                Some(map(identity)),
-                Some(0),
-            )?;
-            match program.execute(&ctx) {
-                Ok(Value::Bool(_)) => break,
-                Ok(other) => {
-                    return Err(format!(
-                        "{key}: must evaluate to a boolean, evaluates to {:?}",
-                        other.type_of()
-                    ));
-                }
-                Err(cel::ExecutionError::NoSuchKey(field))
-                    if !attributes.contains_key(field.as_str())
-                        && attributes.len() < MAX_SAMPLE_ATTRIBUTES =>
-                {
-                    attributes.insert(field.to_string(), "value".into());
-                }
-                Err(cel::ExecutionError::NoSuchKey(field)) => {
-                    return Err(format!(
-                        "{key}: no variable has a field `{field}` (the fields of `request`, `peer` and `identity` are listed in docs/writing-plugins.md)"
-                    ));
-                }
-                Err(e) => return Err(format!("{key}: {e}")),
-            }
-        }
-        Ok((program, reads))
+        let fast = fast::compile(&program).map_err(|e| format!("{key}: {e}"))?;
+        Ok((program, fast, reads))
     }
 }
 
@@ -621,7 +596,7 @@ impl Plugin for Cel {
         if config.rules.is_empty() {
             return Err("rules: is empty; a cel policy without rules would decide nothing (add at least one rule or remove the plugin)".into());
         }
-        let env = Arc::new(Env::stdlib());
+        let env = Arc::new(environment()?);
         let mut rules = Vec::with_capacity(config.rules.len());
         let mut reads = Reads::default();
         for (i, r) in config.rules.into_iter().enumerate() {
@@ -679,11 +654,12 @@ impl Plugin for Cel {
                     ));
                 }
             };
-            let (program, read) = Self::compile(&env, &key, source)?;
+            let (program, fast, read) = Self::compile(&env, &key, source)?;
             let needs_identity = read.identity.any();
             reads.merge(read);
             rules.push(Rule {
                 program,
+                fast,
                 needs_identity,
                 effect,
             });
@@ -697,26 +673,44 @@ impl Plugin for Cel {
         })
     }
 
+    fn wants(&self) -> Wants {
+        self.wanted.declared()
+    }
+
     fn authenticate(&self, request: &Request, so_far: Option<&Identity>) -> Decision {
-        // Only the facts some rule reads are fetched from the gateway.
-        let wanted = &self.wanted;
-        let req = (!wanted.request.is_empty()).then(|| read(&wanted.request, request));
-        let peer = (!wanted.peer.is_empty()).then(|| read(&wanted.peer, request));
-        let identity = (!wanted.identity.is_empty())
-            .then(|| so_far.map_or_else(null, |id| read(&wanted.identity, id)));
-        let now = self.reads.now.then(now_ms);
-        let ctx = match context(&self.env, req, peer, identity, now) {
-            Ok(c) => c,
-            Err(e) => {
-                return deny(DenyCode::Forbidden, "rule-error", format!("context: {e}"));
-            }
+        // The interpreter's variables, built only if a rule that needs it is reached, and
+        // then only of the facts some rule reads.
+        let mut ctx: Option<Result<Context<'_, '_>, String>> = None;
+        let interpreter = || {
+            let wanted = &self.wanted;
+            let req = (!wanted.request.is_empty()).then(|| read(&wanted.request, request));
+            let peer = (!wanted.peer.is_empty()).then(|| read(&wanted.peer, request));
+            let identity = (!wanted.identity.is_empty())
+                .then(|| so_far.map_or_else(null, |id| read(&wanted.identity, id)));
+            let now = self.reads.now.then(now_ms);
+            context(&self.env, req, peer, identity, now)
         };
         for (i, rule) in self.rules.iter().enumerate() {
             if rule.needs_identity && so_far.is_none() {
                 continue;
             }
-            match rule.program.execute(&ctx) {
-                Ok(Value::Bool(true)) => {
+            let outcome = match &rule.fast {
+                Some(node) => fast::eval(node, request, so_far).map_err(|e| e.to_string()),
+                None => match ctx.get_or_insert_with(interpreter) {
+                    Ok(ctx) => match rule.program.execute(ctx) {
+                        Ok(Value::Bool(b)) => Ok(b),
+                        Ok(other) => {
+                            Err(format!("evaluated to {:?}, not a boolean", other.type_of()))
+                        }
+                        Err(e) => Err(e.to_string()),
+                    },
+                    Err(e) => {
+                        return deny(DenyCode::Forbidden, "rule-error", format!("context: {e}"));
+                    }
+                },
+            };
+            match outcome {
+                Ok(true) => {
                     return match &rule.effect {
                         Effect::Allow { roles } => Decision::permit_narrowed(Narrowing {
                             roles: roles.clone(),
@@ -729,15 +723,8 @@ impl Plugin for Cel {
                         } => deny(*code, reason, message.clone()),
                     };
                 }
-                Ok(Value::Bool(false)) => {}
+                Ok(false) => {}
                 // Fail closed: a rule that cannot be evaluated never lets anyone through.
-                Ok(other) => {
-                    return deny(
-                        DenyCode::Forbidden,
-                        "rule-error",
-                        format!("rule {i} evaluated to {:?}, not a boolean", other.type_of()),
-                    );
-                }
                 Err(e) => {
                     return deny(
                         DenyCode::Forbidden,
@@ -783,7 +770,7 @@ mod tests {
         );
         let e = err(r#"{"rules":[{"allow":"request.rol == 'worker'"}]}"#);
         assert!(
-            e.starts_with("rules[0].allow: no variable has a field `rol`"),
+            e.starts_with("rules[0].allow: `request` has no field `rol`"),
             "{e}"
         );
         // Attributes are an open map: any key compiles (and `has()` tests for it).
@@ -801,6 +788,156 @@ mod tests {
             config(r#"{"rules":[{"allow":"identity.attributes.namespace.startsWith('prod-') && request.role == 'worker' && inCidr(peer.ip, '10.0.0.0/8') && now.getHours() >= 0"}]}"#)
                 .is_ok()
         );
+    }
+
+    /// The error of a one-rule configuration.
+    fn rule_error(rule: &str) -> String {
+        let json = serde_json::json!({"rules": [{"allow": rule}]}).to_string();
+        config(&json).err().unwrap_or_default()
+    }
+
+    #[test]
+    fn a_typo_anywhere_is_a_configuration_error_naming_the_field_not_a_sample_that_skips_it() {
+        for (rule, field, nearest) in [
+            // Behind `&&` (an evaluation of a sample short-circuits past it).
+            (
+                r#"identity.subject.startsWith("system:serviceaccount:") && request.rol != "worker""#,
+                "rol",
+                "role",
+            ),
+            (r#"request.role == "operator" || peer.tsl"#, "tsl", "tls"),
+            (
+                r#"identity.groups.exists(g, g == request.rolle)"#,
+                "rolle",
+                "role",
+            ),
+            (
+                r#"request.role == "worker" ? true : identity.subjct == "x""#,
+                "subjct",
+                "subject",
+            ),
+        ] {
+            let e = rule_error(rule);
+            assert!(
+                e.starts_with("rules[0].allow: `")
+                    && e.contains(&format!("has no field `{field}`")),
+                "{rule}: {e}"
+            );
+            assert!(
+                e.contains(&format!("did you mean `{nearest}`")),
+                "{rule}: {e}"
+            );
+            assert!(e.contains("column"), "{rule}: {e}");
+        }
+        let e = rule_error(r#"request.role.startWith("w")"#);
+        assert!(e.contains("unknown function `startWith`"), "{e}");
+        assert!(e.contains("did you mean `startsWith`"), "{e}");
+        let e = rule_error(r#"inCidr(peer.ip, "10.0.0.0/33")"#);
+        assert!(e.contains("is not a network"), "{e}");
+        let e = rule_error(r#"request.role.size() > 0 && peer.tls.startsWith("x")"#);
+        assert!(
+            e.contains("`.startsWith()` cannot be called on a bool"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn presence_of_an_attribute_with_has_or_in() {
+        assert!(rule_error("has(identity.attributes.team)").is_empty());
+        assert!(rule_error(r#""pod-name" in identity.attributes"#).is_empty());
+        let e = rule_error(r#"has(identity.attributes["pod-name"])"#);
+        assert!(
+            e.contains(r#""pod-name" in identity.attributes"#) && !e.contains('\n'),
+            "one line, pointing at `in`: {e}"
+        );
+    }
+
+    #[test]
+    fn environment_declares_every_function_the_check_accepts() {
+        let env = environment().unwrap();
+        for (name, receiver) in check::FUNCTIONS {
+            let source = match receiver {
+                check::Receiver::Str => format!("'abc'.{name}('a')"),
+                check::Receiver::Sized => format!("{name}('abc')"),
+                check::Receiver::Time => format!("timestamp('2026-01-01T10:00:00Z').{name}()"),
+                check::Receiver::None => match *name {
+                    "inCidr" => "inCidr('10.0.0.1', '10.0.0.0/8')".into(),
+                    "timestamp" => "timestamp('2026-01-01T10:00:00Z')".into(),
+                    "duration" => "duration('1s')".into(),
+                    "bool" => "bool('true')".into(),
+                    "bytes" | "string" => format!("{name}('a')"),
+                    _ => format!("{name}(1)"),
+                },
+            };
+            let program = env.compile(&source).unwrap();
+            let out = program.execute(&Context::with_env(Arc::new(environment().unwrap())));
+            assert!(out.is_ok(), "{source}: {out:?}");
+        }
+    }
+
+    #[test]
+    fn compiled_rules_agree_with_the_interpreter() {
+        use trustgate_plugin_sdk::testing;
+        let rules = [
+            r#"inCidr(peer.ip, "192.0.2.0/24")"#,
+            r#"request.role == "operator" && !peer.tls"#,
+            r#"request.role == "operator" && "ops" in identity.groups"#,
+            r#"request.role == "worker" && identity.attributes.namespace.startsWith("prod-")"#,
+            r#"identity.attributes["pod-name"].endsWith("-0") || peer.addr.contains(":")"#,
+            r#""pod-name" in identity.attributes && has(identity.attributes.namespace)"#,
+            r#"identity.attributes.missing == "x" && false"#,
+            r#"false || identity.attributes.missing == "x""#,
+            r#"size(identity.groups) > 1 ? request.method == "k8s-sa-trust" : identity.subject != "s""#,
+            r#"request.role in ["worker", "operator"] && size("abc") == 3"#,
+        ];
+        let requests = [
+            testing::request("worker", "k8s-sa-trust", "10.1.2.3:4000", true),
+            testing::request("operator", "device-token", "192.0.2.9:80", false),
+        ];
+        let identities = [
+            testing::identity(
+                "a",
+                &["ops", "x"],
+                &[("namespace", "prod-a"), ("pod-name", "p-0")],
+            ),
+            testing::identity("s", &[], &[("namespace", "dev")]),
+        ];
+        let env = Arc::new(environment().unwrap());
+        let all = |fields: &'static [Field<FromRequest, RequestFields>]| -> Vec<&'static Field<FromRequest, RequestFields>> {
+            fields.iter().collect()
+        };
+        for rule in rules {
+            let program = env.compile(rule).unwrap();
+            let node = fast::compile(&program)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{rule} compiles"));
+            for r in &requests {
+                for i in &identities {
+                    let id_fields: Vec<_> = IDENTITY.iter().collect();
+                    let ctx = context(
+                        &env,
+                        Some(read(&all(REQUEST), r)),
+                        Some(read(&all(PEER), r)),
+                        Some(read(&id_fields, i)),
+                        None,
+                    )
+                    .unwrap();
+                    let interpreted = match program.execute(&ctx) {
+                        Ok(Value::Bool(b)) => Ok(b),
+                        other => Err(format!("{other:?}")),
+                    };
+                    let compiled = fast::eval(&node, r, Some(i));
+                    assert_eq!(
+                        compiled.is_ok(),
+                        interpreted.is_ok(),
+                        "{rule}: compiled {compiled:?}, interpreted {interpreted:?}"
+                    );
+                    if let (Ok(a), Ok(b)) = (&compiled, &interpreted) {
+                        assert_eq!(a, b, "{rule}");
+                    }
+                }
+            }
+        }
     }
 
     /// What a configured rule set reads of each variable.
@@ -859,14 +996,8 @@ mod tests {
 
     #[test]
     fn in_cidr_checks_membership() {
-        assert_eq!(
-            in_cidr(Arc::new("10.1.2.3".into()), Arc::new("10.0.0.0/8".into())).ok(),
-            Some(true)
-        );
-        assert_eq!(
-            in_cidr(Arc::new("fd00::1".into()), Arc::new("10.0.0.0/8".into())).ok(),
-            Some(false)
-        );
-        assert!(in_cidr(Arc::new("x".into()), Arc::new("10.0.0.0/8".into())).is_err());
+        assert_eq!(in_cidr_str("10.1.2.3", "10.0.0.0/8").ok(), Some(true));
+        assert_eq!(in_cidr_str("fd00::1", "10.0.0.0/8").ok(), Some(false));
+        assert!(in_cidr_str("x", "10.0.0.0/8").is_err());
     }
 }

@@ -7,12 +7,9 @@ import trustgate_plugin as tg
 
 
 class OfficeHours:
-    def __init__(self, config: dict):
-        self.start = int(config["from_hour"])
-        self.end = int(config["to_hour"])
-        for key, hour in (("from_hour", self.start), ("to_hour", self.end)):
-            if not 0 <= hour <= 23:
-                raise ValueError(f"{key}: must be between 0 and 23, got {hour}")
+    def __init__(self, config: tg.Config):
+        self.start = config.int("from_hour", 0, 23)
+        self.end = config.int("to_hour", 0, 23)
 
     def within(self, hour: int) -> bool:
         if self.start <= self.end:

@@ -23,8 +23,9 @@
 
 use serde::Deserialize;
 use trustgate_plugin_sdk::{
-    Decision, Denial, DenyCode, Established, Glob, Identity, Plugin, Request, Review, ReviewError,
-    deny, deny_forbidden, deny_unauthenticated,
+    Decision, Denial, DenyCode, Glob, Identity, IdentityTemplate, Plugin, Request, RequestFields,
+    Review, ReviewError, ReviewSpec, Reviewed, Verification, Wants, deny, deny_forbidden,
+    deny_unauthenticated,
 };
 
 /// The auth method this plugin handles.
@@ -91,6 +92,9 @@ pub struct K8sSaTrust {
     config: Config,
     /// The allow rules with their globs compiled once, in order.
     rules: Vec<CompiledRule>,
+    /// What the plugin declares (built once: the gateway verifies the token before each call
+    /// and forms the identity from the review).
+    wants: Wants,
 }
 
 #[derive(Debug)]
@@ -166,55 +170,84 @@ impl Plugin for K8sSaTrust {
                 skip_pairing: r.skip_pairing,
             })
             .collect();
-        Ok(Self { config, rules })
+        // The review is read for the username and the pod binding; everything else the
+        // identity carries stays in the gateway and is formed there from the review.
+        let spec = ReviewSpec {
+            audiences: config.audiences.clone(),
+            extra: vec![POD_NAME.into(), POD_UID.into()],
+            ..ReviewSpec::default()
+        };
+        let wants = Wants::request(RequestFields::ROLE | RequestFields::PRESENTED)
+            .methods(&[METHOD])
+            .verify(match config.mode {
+                Mode::Tokenreview => Verification::TokenReview(spec),
+                Mode::Jwks => Verification::KubernetesJwt(spec),
+            })
+            .template(IdentityTemplate {
+                method: METHOD.into(),
+                groups: true,
+                // The pod UID comes from the pod-uid extra, never from the ServiceAccount's UID.
+                uid_attribute: Some("service-account-uid".into()),
+                extra_attributes: [
+                    (POD_NAME, "pod-name"),
+                    (POD_UID, "pod-uid"),
+                    (NODE_NAME, "node-name"),
+                ]
+                .iter()
+                .map(|(k, a)| (k.to_string(), a.to_string()))
+                .collect(),
+                cluster_attribute: None,
+            });
+        Ok(Self {
+            config,
+            rules,
+            wants,
+        })
+    }
+
+    fn wants(&self) -> Wants {
+        self.wants.clone()
     }
 
     fn authenticate(&self, request: &Request, _so_far: Option<&Identity>) -> Decision {
-        if request.method() != METHOD {
-            return Decision::Abstain;
-        }
-        // The token stays in the gateway: the plugin hands over the credentials handle.
-        let credentials = request.credentials();
-        if !credentials.has_token() {
+        // Only requests of this method reach the plugin (declared in `wants`).
+        if !request.has_token() {
             return deny_unauthenticated(
                 "token-missing",
                 "auth.token is required for k8s-sa-trust",
             );
         }
-        let c = &self.config;
-        let reviewed = match c.mode {
-            Mode::Tokenreview => credentials.review(&c.audiences),
-            Mode::Jwks => credentials.verify_jwt(&c.audiences),
-        };
-        let review: Review = match reviewed {
-            Ok(r) => r,
-            Err(ReviewError::NotConfigured(m)) => {
-                return unavailable("kubernetes-not-configured", m);
+        // The token stays in the gateway, which verified it before the call.
+        let review: &Review = match request.review() {
+            Some(Ok(r)) => r,
+            Some(Err(ReviewError::NotConfigured(m))) => {
+                return unavailable("kubernetes-not-configured", m.clone());
             }
-            Err(ReviewError::Unavailable(m)) => return unavailable("review-unavailable", m),
-            Err(ReviewError::Forbidden(m)) => return unavailable("review-forbidden", m),
-            Err(ReviewError::Failed(m)) => return unavailable("review-failed", m),
+            Some(Err(ReviewError::Unavailable(m))) => {
+                return unavailable("review-unavailable", m.clone());
+            }
+            Some(Err(ReviewError::Forbidden(m))) => {
+                return unavailable("review-forbidden", m.clone());
+            }
+            Some(Err(ReviewError::Failed(m))) => return unavailable("review-failed", m.clone()),
+            None => return unavailable("review-failed", "no review was made".into()),
         };
-        if !review.authenticated() {
-            let error = review
-                .error()
-                .unwrap_or_else(|| "token not authenticated".into());
+        let c = &self.config;
+        if !review.authenticated {
+            let error = review.error.as_deref().unwrap_or("token not authenticated");
             return deny_unauthenticated(
-                rejection_reason(&error),
+                rejection_reason(error),
                 format!("token rejected: {error}"),
             );
         }
-        let audiences = review.audiences();
-        if !audiences.iter().any(|a| c.audiences.contains(a)) {
+        // An authority that does not name one of our audiences ignored them: never trusted.
+        if !review.audience_matched {
             return deny_unauthenticated(
                 "audience-mismatch",
-                format!(
-                    "token audiences {audiences:?} do not include any of {:?}",
-                    c.audiences
-                ),
+                format!("the review names none of the audiences {:?}", c.audiences),
             );
         }
-        let username = review.username();
+        let username = &review.username;
         let Some((namespace, service_account)) = username
             .strip_prefix("system:serviceaccount:")
             .and_then(|rest| rest.split_once(':'))
@@ -224,9 +257,7 @@ impl Plugin for K8sSaTrust {
                 format!("`{username}` is not a ServiceAccount"),
             );
         };
-        let pod_name = review.extra_first(POD_NAME);
-        let pod_uid = review.extra_first(POD_UID);
-        if c.require_pod_binding && (pod_name.is_none() || pod_uid.is_none()) {
+        if c.require_pod_binding && !(review.has_extra(POD_NAME) && review.has_extra(POD_UID)) {
             return deny_unauthenticated("pod-binding-required", "the token is not bound to a pod");
         }
         // The first rule matching namespace, ServiceAccount and role wins; the denial names the
@@ -253,30 +284,15 @@ impl Plugin for K8sSaTrust {
                 format!("`{namespace}/{service_account}` may not connect as {role}"),
             );
         };
-        let mut attributes = vec![
-            ("namespace".to_string(), namespace.to_string()),
-            ("service-account".to_string(), service_account.to_string()),
-            ("service-account-uid".to_string(), review.uid()),
-        ];
-        // The pod UID comes from the pod-uid extra, never from the ServiceAccount's UID.
-        let node_name = review.extra_first(NODE_NAME);
-        for (attr, value) in [
-            ("pod-name", pod_name),
-            ("pod-uid", pod_uid),
-            ("node-name", node_name),
-        ] {
-            if let Some(v) = value {
-                attributes.push((attr.to_string(), v));
-            }
-        }
-        Decision::allow(Established {
-            subject: username.clone(),
-            method: METHOD.into(),
-            groups: review.groups(),
-            attributes,
+        // The subject, groups, ServiceAccount UID, pod binding and expiry come from the review
+        // the gateway holds (the template in `wants`); only what this plugin decided crosses.
+        Decision::AllowReviewed(Reviewed {
+            attributes: vec![
+                ("namespace".into(), namespace.into()),
+                ("service-account".into(), service_account.into()),
+            ],
             roles: rule.roles.clone(),
             scopes: Vec::new(),
-            expires_at_ms: review.expires_at_ms(),
             skip_pairing: rule.skip_pairing,
         })
     }

@@ -56,3 +56,31 @@ test("matchers compiled once agree with glob and inCidr", () => {
   assert.throws(() => cidrMatcher(["10.0.0.300/8"]), /not a network/);
   assert.throws(() => cidrMatcher(["10.0.0.0/40"]), /too long/);
 });
+
+import { trackedConfig, unreadKey, locate, lineTable } from "../util.js";
+
+test("a configuration key the policy never read is found, with its path", () => {
+  const c = trackedConfig({ namespaces: ["a"], cidrs: ["10.0.0.0/8"], rules: [{ cidr: "x", typo: 1 }] });
+  void c.namespaces;
+  void c.cidrs;
+  assert.equal(unreadKey(c), "rules");
+  void c.rules[0].cidr;
+  assert.equal(unreadKey(c), "rules[0].typo");
+  void c.rules[0].typo;
+  assert.equal(unreadKey(c), undefined);
+  const enumerated = trackedConfig({ a: 1, b: 2 });
+  assert.deepEqual(Object.keys(enumerated), ["a", "b"]);
+  assert.equal(unreadKey(enumerated), undefined);
+});
+
+test("a bundle position maps back to the policy's source, skipping the SDK", () => {
+  // Generated line 1 → sdk-js/index.js line 10; line 2 → app.js line 14 (VLQ by hand:
+  // "AAST" = [0,0,9,0] → line 10; "ACIA" = [0,1,4,0] → source 1, line 14).
+  const table = lineTable("AAST;ACIA");
+  assert.deepEqual(table, [[0, 10], [1, 14]]);
+  const lines = { sources: ["../sdk-js/index.js", "../src/app.js"], lines: table };
+  const stack = "authenticate@/tmp/x/plugin.js:2:7\ndefinePlugin@/tmp/x/plugin.js:1:3";
+  assert.equal(locate(stack, lines), "app.js:14");
+  assert.equal(locate("inner@/tmp/x/plugin.js:1:3\nouter@/tmp/x/plugin.js:2:1", lines), "app.js:14");
+  assert.equal(locate("no frames here", lines), "?");
+});

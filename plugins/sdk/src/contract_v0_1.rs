@@ -1,13 +1,14 @@
 //! The SDK over the deprecated `trustgate:auth@0.1.0` (feature `contract-0-1`): the same API
-//! as over 0.2, on top of 0.1's records. Under 0.1 the whole request — credentials included —
+//! as over 0.3, on top of 0.1's records. Under 0.1 the whole request — credentials included —
 //! is copied into every plugin, and a `permit` is answered as 0.1 did: by allowing the
 //! identity so far again, narrowed.
 
-use std::net::IpAddr;
+use std::cell::{OnceCell, RefCell};
 
+use crate::facts::{IdentityData, RequestData, Source, fill};
 use crate::{
-    Client, Decision, Denial, DenyCode, Device, LogLevel, Narrowing, Plugin, ReviewError,
-    SecretError, parse_ip,
+    Client, Decision, Denial, DenyCode, Device, IdentityFields, LogLevel, Narrowing, Plugin,
+    RequestFields, Review, ReviewError, SecretError, Verification, Wants,
 };
 
 /// The generated bindings of the `auth-plugin` world.
@@ -26,28 +27,85 @@ pub mod bindings {
 use bindings::trustgate::auth::host as h;
 use bindings::trustgate::auth::types as t;
 
+/// The exports of a [`Plugin`] over this contract (used by [`plugin!`](crate::plugin)).
 #[doc(hidden)]
-pub type __RawRequest<'a> = t::Request;
+#[macro_export]
+macro_rules! __plugin_exports {
+    ($ty:ty, $export:ident, $slot:ident) => {
+        impl $crate::bindings::exports::trustgate::auth::plugin::Guest for $export {
+            fn configure(
+                config: ::std::string::String,
+            ) -> ::std::result::Result<(), ::std::string::String> {
+                let plugin = $crate::__configure::<$ty>(&config)?;
+                let declared = $crate::__Declared::new($crate::Plugin::wants(&plugin));
+                $crate::__configured(declared.wants())?;
+                $slot.with(|slot| {
+                    *slot.borrow_mut() = ::std::option::Option::Some((plugin, declared))
+                });
+                ::std::result::Result::Ok(())
+            }
+
+            fn authenticate(
+                request: $crate::bindings::trustgate::auth::types::Request,
+                so_far: ::std::option::Option<$crate::bindings::trustgate::auth::types::Identity>,
+            ) -> $crate::bindings::trustgate::auth::types::Decision {
+                $slot.with(|slot| {
+                    let slot = slot.borrow();
+                    $crate::__authenticate(
+                        slot.as_ref().map(|(p, d)| (p, d.wants())),
+                        request,
+                        so_far,
+                    )
+                })
+            }
+        }
+    };
+}
+
+/// 0.1 has no declarations: every fact comes with every call.
 #[doc(hidden)]
-pub type __RawIdentity<'a> = t::Identity;
-#[doc(hidden)]
-pub type __RawDecision = t::Decision;
+pub fn __configured(_: &Wants) -> Result<(), String> {
+    Ok(())
+}
 
 #[doc(hidden)]
 pub fn __authenticate<P: Plugin>(
-    plugin: Option<&P>,
+    configured: Option<(&P, &Wants)>,
     request: t::Request,
     so_far: Option<t::Identity>,
 ) -> t::Decision {
-    let decision = match plugin {
-        Some(plugin) => {
-            let request = Request(&request);
-            let identity = so_far.as_ref().map(Identity);
-            plugin.authenticate(&request, identity.as_ref())
+    let Some((plugin, wants)) = configured else {
+        return t::Decision::Deny(raw_denial(crate::__not_configured_denial()));
+    };
+    // 0.1 calls every plugin: the methods it decides on are filtered here.
+    if !wants.decides_on(&request.credentials.method) {
+        return t::Decision::Abstain;
+    }
+    let source = Copied {
+        token: request.credentials.token.clone(),
+        credentials: request.credentials.clone(),
+        wants,
+        last: RefCell::new(None),
+    };
+    let req = crate::Request {
+        data: request_data(&request),
+        source: &source,
+        review: OnceCell::new(),
+        verification: wants.verification.as_ref(),
+    };
+    let identity = so_far.as_ref().map(|i| crate::Identity {
+        data: identity_data(i),
+        source: &source,
+    });
+    let decision = match plugin.authenticate(&req, identity.as_ref()) {
+        // 0.1 has no `allow-reviewed`: the identity is formed here, from the call's review.
+        Decision::AllowReviewed(r) => {
+            Decision::Allow(crate::facts::from_review(wants, source.last.take(), r))
         }
-        None => crate::__not_configured(),
+        d => d,
     };
     match decision {
+        Decision::AllowReviewed(_) => t::Decision::Abstain,
         Decision::Allow(e) => t::Decision::Allow(t::Identity {
             subject: e.subject,
             method: e.method,
@@ -64,6 +122,137 @@ pub fn __authenticate<P: Plugin>(
         },
         Decision::Deny(d) => t::Decision::Deny(raw_denial(d)),
         Decision::Abstain => t::Decision::Abstain,
+        // 0.1 has no `fail`: said in the log, then a trap.
+        Decision::Fail(m) => crate::facts::fail_by_trap(&m),
+    }
+}
+
+fn request_data(r: &t::Request) -> RequestData {
+    let d = RequestData::default();
+    fill(
+        &d.role,
+        if r.role == "operator" {
+            "operator"
+        } else {
+            "worker"
+        },
+    );
+    fill(&d.scopes, r.scopes.clone());
+    fill(&d.method, r.credentials.method.clone());
+    fill(&d.remote, r.peer.remote_addr.parse().ok());
+    fill(&d.remote_text, r.peer.remote_addr.clone());
+    fill(&d.tls, r.peer.tls);
+    // 0.1 carries no instance id.
+    fill(
+        &d.client,
+        Client {
+            id: r.peer.client_id.clone(),
+            version: r.peer.client_version.clone(),
+            platform: r.peer.platform.clone(),
+            instance_id: None,
+        },
+    );
+    fill(&d.conn_id, r.peer.conn_id.clone());
+    fill(
+        &d.device,
+        r.device.as_ref().map(|d| Device {
+            id: d.id.clone(),
+            public_key: d.public_key.clone(),
+        }),
+    );
+    fill(&d.has_token, r.credentials.token.is_some());
+    fill(&d.has_device_token, r.credentials.device_token.is_some());
+    d
+}
+
+fn identity_data(i: &t::Identity) -> IdentityData {
+    let d = IdentityData::default();
+    fill(&d.subject, i.subject.clone());
+    fill(&d.method, i.method.clone());
+    fill(&d.groups, i.groups.clone());
+    fill(&d.attributes, i.attributes.clone());
+    fill(&d.roles, i.roles.clone());
+    fill(&d.scopes, i.scopes.clone());
+    fill(&d.expires_at_ms, i.expires_at_ms);
+    fill(&d.skip_pairing, i.skip_pairing);
+    d
+}
+
+/// Everything came with the call; only verifications go to the gateway (with the token, as
+/// 0.1 has it).
+struct Copied<'a> {
+    token: Option<String>,
+    credentials: t::Credentials,
+    wants: &'a Wants,
+    /// The call's last review, in full (for `AllowReviewed`).
+    last: RefCell<Option<Review>>,
+}
+
+impl Source for Copied<'_> {
+    fn request(&self, _: &RequestData, _: RequestFields) {}
+
+    fn identity(&self, _: &IdentityData, _: IdentityFields) {}
+
+    fn credentials(&self) -> crate::Credentials {
+        Credentials(self.credentials.clone())
+    }
+
+    fn review(&self, verification: &Verification) -> Result<Review, ReviewError> {
+        let Some(token) = self.token.as_deref() else {
+            return Err(ReviewError::Failed(
+                "the peer presented no bearer token".into(),
+            ));
+        };
+        let (answer, spec) = match verification {
+            Verification::TokenReview(spec) => (h::token_review(token, &spec.audiences), spec),
+            Verification::KubernetesJwt(spec) => (h::verify_jwt(token, &spec.audiences), spec),
+        };
+        let r = answer.map_err(|e| match e {
+            h::ReviewError::NotConfigured(m) => ReviewError::NotConfigured(m),
+            h::ReviewError::Unavailable(m) => ReviewError::Unavailable(m),
+            h::ReviewError::Forbidden(m) => ReviewError::Forbidden(m),
+            h::ReviewError::Failed(m) => ReviewError::Failed(m),
+        })?;
+        let legacy = crate::facts::LegacyReview {
+            authenticated: r.authenticated,
+            error: r.error.clone(),
+            username: r.user.username.clone(),
+            uid: r.user.uid.clone(),
+            groups: r.user.groups.clone(),
+            audiences: r.audiences.clone(),
+            expires_at_ms: r.expires_at_ms,
+        };
+        let extra = |k: &str| {
+            r.user
+                .extra
+                .iter()
+                .find(|(ek, _)| ek == k)
+                .and_then(|(_, v)| v.first().cloned())
+        };
+        if let Some(template) = &self.wants.template {
+            *self.last.borrow_mut() = Some(legacy.full(template, &extra));
+        }
+        Ok(legacy.asked(spec, &spec.extra, &extra))
+    }
+}
+
+/// The credentials the peer presented (0.1 copies them into every plugin).
+pub struct Credentials(t::Credentials);
+
+impl Credentials {
+    /// The auth method the peer asked for.
+    pub fn method(&self) -> String {
+        self.0.method.clone()
+    }
+
+    /// The bearer token (0.1 needs no grant).
+    pub fn token(&self) -> Result<String, SecretError> {
+        self.0.token.clone().ok_or(SecretError::Absent)
+    }
+
+    /// The device token (0.1 needs no grant).
+    pub fn device_token(&self) -> Result<String, SecretError> {
+        self.0.device_token.clone().ok_or(SecretError::Absent)
     }
 }
 
@@ -115,241 +304,4 @@ pub(crate) fn log(level: LogLevel, message: &str) {
         LogLevel::Error => h::LogLevel::Error,
     };
     h::log(level, message);
-}
-
-/// The request being decided on.
-pub struct Request<'a>(&'a t::Request);
-
-impl Request<'_> {
-    /// The role the peer asked for: `worker` or `operator`.
-    pub fn role(&self) -> &str {
-        &self.0.role
-    }
-
-    /// The auth method the peer asked for.
-    pub fn method(&self) -> &str {
-        &self.0.credentials.method
-    }
-
-    /// The scopes the peer asked for.
-    pub fn scopes(&self) -> Vec<String> {
-        self.0.scopes.clone()
-    }
-
-    /// The remote socket address, `ip:port` (`[ip]:port` for IPv6).
-    pub fn remote_addr(&self) -> &str {
-        &self.0.peer.remote_addr
-    }
-
-    /// The peer's IP address.
-    pub fn ip(&self) -> Option<IpAddr> {
-        parse_ip(self.remote_addr())
-    }
-
-    /// Whether the connection is TLS-protected end to end to the gateway.
-    pub fn tls(&self) -> bool {
-        self.0.peer.tls
-    }
-
-    /// The client software, as the peer reports it (0.1 carries no instance id).
-    pub fn client(&self) -> Client {
-        Client {
-            id: self.0.peer.client_id.clone(),
-            version: self.0.peer.client_version.clone(),
-            platform: self.0.peer.platform.clone(),
-            instance_id: None,
-        }
-    }
-
-    /// The gateway's id for this connection.
-    pub fn conn_id(&self) -> String {
-        self.0.peer.conn_id.clone()
-    }
-
-    /// The verified device identity, if the peer proved one.
-    pub fn device(&self) -> Option<Device> {
-        self.0.device.as_ref().map(|d| Device {
-            id: d.id.clone(),
-            public_key: d.public_key.clone(),
-        })
-    }
-
-    /// The presented credentials.
-    pub fn credentials(&self) -> Credentials {
-        Credentials(self.0.credentials.clone())
-    }
-}
-
-/// The credentials the peer presented (0.1 copies them into every plugin).
-pub struct Credentials(t::Credentials);
-
-fn review_error(e: h::ReviewError) -> ReviewError {
-    match e {
-        h::ReviewError::NotConfigured(m) => ReviewError::NotConfigured(m),
-        h::ReviewError::Unavailable(m) => ReviewError::Unavailable(m),
-        h::ReviewError::Forbidden(m) => ReviewError::Forbidden(m),
-        h::ReviewError::Failed(m) => ReviewError::Failed(m),
-    }
-}
-
-impl Credentials {
-    /// The auth method the peer asked for.
-    pub fn method(&self) -> String {
-        self.0.method.clone()
-    }
-
-    /// Whether the peer presented a bearer token.
-    pub fn has_token(&self) -> bool {
-        self.0.token.is_some()
-    }
-
-    /// Whether the peer presented a device token.
-    pub fn has_device_token(&self) -> bool {
-        self.0.device_token.is_some()
-    }
-
-    /// The bearer token (0.1 needs no grant).
-    pub fn token(&self) -> Result<String, SecretError> {
-        self.0.token.clone().ok_or(SecretError::Absent)
-    }
-
-    /// The device token (0.1 needs no grant).
-    pub fn device_token(&self) -> Result<String, SecretError> {
-        self.0.device_token.clone().ok_or(SecretError::Absent)
-    }
-
-    fn bearer(&self) -> Result<&str, ReviewError> {
-        self.0
-            .token
-            .as_deref()
-            .ok_or_else(|| ReviewError::Failed("the peer presented no bearer token".into()))
-    }
-
-    /// A Kubernetes TokenReview of the bearer token for `audiences`.
-    pub fn review(&self, audiences: &[String]) -> Result<Review, ReviewError> {
-        h::token_review(self.bearer()?, audiences)
-            .map(Review)
-            .map_err(review_error)
-    }
-
-    /// Local verification of the bearer token against the cluster's OIDC keys.
-    pub fn verify_jwt(&self, audiences: &[String]) -> Result<Review, ReviewError> {
-        h::verify_jwt(self.bearer()?, audiences)
-            .map(Review)
-            .map_err(review_error)
-    }
-}
-
-/// What a verification found.
-pub struct Review(h::TokenReviewStatus);
-
-impl Review {
-    /// Whether the token is valid for one of the requested audiences.
-    pub fn authenticated(&self) -> bool {
-        self.0.authenticated
-    }
-
-    /// Why the token was rejected.
-    pub fn error(&self) -> Option<String> {
-        self.0.error.clone()
-    }
-
-    /// The Kubernetes username.
-    pub fn username(&self) -> String {
-        self.0.user.username.clone()
-    }
-
-    /// The user's UID.
-    pub fn uid(&self) -> String {
-        self.0.user.uid.clone()
-    }
-
-    /// Groups.
-    pub fn groups(&self) -> Vec<String> {
-        self.0.user.groups.clone()
-    }
-
-    /// The audiences the token is valid for among the requested ones.
-    pub fn audiences(&self) -> Vec<String> {
-        self.0.audiences.clone()
-    }
-
-    /// An `extra` attribute.
-    pub fn extra(&self, key: &str) -> Option<Vec<String>> {
-        self.0
-            .user
-            .extra
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-    }
-
-    /// The first value of an `extra` attribute.
-    pub fn extra_first(&self, key: &str) -> Option<String> {
-        self.extra(key).and_then(|v| v.into_iter().next())
-    }
-
-    /// When the token expires (Unix ms), if the gateway could tell.
-    pub fn expires_at_ms(&self) -> Option<u64> {
-        self.0.expires_at_ms
-    }
-}
-
-/// The identity earlier plugins established.
-pub struct Identity<'a>(&'a t::Identity);
-
-impl Identity<'_> {
-    /// The subject.
-    pub fn subject(&self) -> &str {
-        &self.0.subject
-    }
-
-    /// The auth method that established it.
-    pub fn method(&self) -> String {
-        self.0.method.clone()
-    }
-
-    /// Groups.
-    pub fn groups(&self) -> Vec<String> {
-        self.0.groups.clone()
-    }
-
-    /// Whether the subject belongs to `group`.
-    pub fn in_group(&self, group: &str) -> bool {
-        self.0.groups.iter().any(|g| g == group)
-    }
-
-    /// One attribute, if set.
-    pub fn attribute(&self, key: &str) -> Option<String> {
-        self.0
-            .attributes
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-    }
-
-    /// Every attribute.
-    pub fn attributes(&self) -> Vec<(String, String)> {
-        self.0.attributes.clone()
-    }
-
-    /// Roles the subject may take.
-    pub fn roles(&self) -> Vec<String> {
-        self.0.roles.clone()
-    }
-
-    /// Scopes the subject may hold.
-    pub fn scopes(&self) -> Vec<String> {
-        self.0.scopes.clone()
-    }
-
-    /// When the credentials behind it expire (Unix ms), if they do.
-    pub fn expires_at_ms(&self) -> Option<u64> {
-        self.0.expires_at_ms
-    }
-
-    /// Whether it may skip device pairing so far.
-    pub fn skip_pairing(&self) -> bool {
-        self.0.skip_pairing
-    }
 }

@@ -77,16 +77,25 @@ use serde::de::DeserializeOwned;
 #[doc(hidden)]
 pub use wit_bindgen;
 
-#[cfg(not(feature = "contract-0-1"))]
+#[cfg(not(any(feature = "contract-0-1", feature = "contract-0-2")))]
+#[path = "contract_v0_3.rs"]
+mod contract;
+#[cfg(feature = "contract-0-2")]
 #[path = "contract_v0_2.rs"]
 mod contract;
-#[cfg(feature = "contract-0-1")]
+#[cfg(all(feature = "contract-0-1", not(feature = "contract-0-2")))]
 #[path = "contract_v0_1.rs"]
 mod contract;
 
+mod facts;
+
 #[doc(hidden)]
-pub use contract::{__RawDecision, __RawIdentity, __RawRequest, __authenticate};
-pub use contract::{Credentials, Identity, Request, Review, bindings};
+pub use contract::{__authenticate, __configured};
+pub use contract::{Credentials, bindings};
+pub use facts::{
+    Identity, IdentityFields, IdentityTemplate, Request, RequestFields, ReviewSpec, Verification,
+    Wants, testing,
+};
 
 /// What a plugin implements. The [`plugin!`] macro turns an implementation into the
 /// component's exports.
@@ -97,6 +106,17 @@ pub trait Plugin: Sized + 'static {
     /// Builds the plugin from its configuration. An `Err` is shown to the operator and the
     /// gateway refuses to start (or to reload) with this configuration.
     fn new(config: Self::Config) -> Result<Self, String>;
+
+    /// What this plugin decides on: the auth methods it handles, the facts of the request and
+    /// of the identity so far it reads, the verification of the bearer token it needs, and
+    /// how [`Decision::AllowReviewed`] forms an identity. Under contract 0.3 each call
+    /// receives exactly these with the call itself (the verification already made) and the
+    /// plugin is not called for other auth methods; any other fact is fetched from the gateway
+    /// when first read (one more crossing, for all of them at once). Declaring is about cost,
+    /// never about correctness. The default declares nothing.
+    fn wants(&self) -> Wants {
+        Wants::default()
+    }
 
     /// Decides on one request. `so_far` is the identity earlier plugins established.
     fn authenticate(&self, request: &Request, so_far: Option<&Identity>) -> Decision;
@@ -110,28 +130,12 @@ macro_rules! plugin {
         pub struct __TrustgatePluginExport;
 
         ::std::thread_local! {
-            static __TRUSTGATE_PLUGIN: ::std::cell::RefCell<::std::option::Option<$ty>> =
-                const { ::std::cell::RefCell::new(::std::option::Option::None) };
+            static __TRUSTGATE_PLUGIN: ::std::cell::RefCell<
+                ::std::option::Option<($ty, $crate::__Declared)>,
+            > = const { ::std::cell::RefCell::new(::std::option::Option::None) };
         }
 
-        impl $crate::bindings::exports::trustgate::auth::plugin::Guest for __TrustgatePluginExport {
-            fn configure(
-                config: ::std::string::String,
-            ) -> ::std::result::Result<(), ::std::string::String> {
-                let plugin = $crate::__configure::<$ty>(&config)?;
-                __TRUSTGATE_PLUGIN
-                    .with(|slot| *slot.borrow_mut() = ::std::option::Option::Some(plugin));
-                ::std::result::Result::Ok(())
-            }
-
-            fn authenticate(
-                request: $crate::__RawRequest<'_>,
-                so_far: ::std::option::Option<$crate::__RawIdentity<'_>>,
-            ) -> $crate::__RawDecision {
-                __TRUSTGATE_PLUGIN
-                    .with(|slot| $crate::__authenticate(slot.borrow().as_ref(), request, so_far))
-            }
-        }
+        $crate::__plugin_exports!($ty, __TrustgatePluginExport, __TRUSTGATE_PLUGIN);
 
         $crate::bindings::__export_bindings!(__TrustgatePluginExport);
     };
@@ -139,16 +143,66 @@ macro_rules! plugin {
 
 #[doc(hidden)]
 pub fn __configure<P: Plugin>(json: &str) -> Result<P, String> {
+    // A panic traps the instance; the hook says first where and why, in the gateway's log.
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}: ", l.file(), l.line()))
+            .unwrap_or_default();
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        log(LogLevel::Error, &format!("{at}panicked: {what}"));
+    }));
     P::new(parse_config(json)?)
+}
+
+/// What a configured plugin declared, prepared once for its calls.
+#[doc(hidden)]
+pub struct __Declared {
+    pub(crate) wants: Wants,
+    /// The declared verification's `extra` keys, shared by every call's review.
+    #[cfg_attr(
+        any(feature = "contract-0-1", feature = "contract-0-2"),
+        allow(dead_code)
+    )]
+    pub(crate) extra_keys: std::rc::Rc<[String]>,
+}
+
+impl __Declared {
+    #[doc(hidden)]
+    pub fn new(wants: Wants) -> Self {
+        let extra_keys = match &wants.verification {
+            Some(Verification::TokenReview(s) | Verification::KubernetesJwt(s)) => {
+                s.extra.clone().into()
+            }
+            None => std::rc::Rc::from([]),
+        };
+        Self { wants, extra_keys }
+    }
+
+    #[doc(hidden)]
+    pub fn wants(&self) -> &Wants {
+        &self.wants
+    }
 }
 
 #[doc(hidden)]
 pub fn __not_configured() -> Decision {
-    deny(
-        DenyCode::Unavailable,
-        "plugin-not-configured",
-        "authenticate was called before configure",
-    )
+    Decision::Deny(__not_configured_denial())
+}
+
+#[doc(hidden)]
+pub fn __not_configured_denial() -> Denial {
+    Denial {
+        code: DenyCode::Unavailable,
+        reason: "plugin-not-configured".into(),
+        message: "authenticate was called before configure".into(),
+        retry_after_ms: None,
+    }
 }
 
 /// Deserialises a configuration, naming the offending key in errors
@@ -179,12 +233,20 @@ pub fn parse_config<T: DeserializeOwned>(json: &str) -> Result<T, String> {
 pub enum Decision {
     /// The peer is this identity (the first allow), or the same subject again (narrowing).
     Allow(Established),
+    /// The peer is who the call's review says, formed by the declared
+    /// [`IdentityTemplate`] (subject, groups, expiry and the template's attributes come from
+    /// the review, held by the gateway), with these additions.
+    AllowReviewed(Reviewed),
     /// No objection: the identity so far, narrowed as said (counts as abstain if there is none).
     Permit(Narrowing),
     /// The peer is refused; the chain stops here.
     Deny(Denial),
     /// No opinion; the chain continues.
     Abstain,
+    /// The plugin failed (a bug, an unexpected input): the peer is refused with
+    /// `PLUGIN_FAILED` and the message — say where and why, never a secret — goes to the
+    /// gateway's log and audit trace. (A panic traps instead, after its location is logged.)
+    Fail(String),
 }
 
 impl Decision {
@@ -240,6 +302,20 @@ impl Established {
             skip_pairing: false,
         }
     }
+}
+
+/// What a plugin adds to an identity the gateway forms from the call's review (see
+/// [`Decision::AllowReviewed`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reviewed {
+    /// Attributes besides the template's (one the template sets keeps the template's value).
+    pub attributes: Vec<(String, String)>,
+    /// Roles the subject may take; the requested role must be one of them.
+    pub roles: Vec<String>,
+    /// Scopes the subject may hold.
+    pub scopes: Vec<String>,
+    /// Whether this identity may skip interactive device pairing.
+    pub skip_pairing: bool,
 }
 
 /// How a policy that lets the peer through narrows the identity so far. The default keeps it.
@@ -315,6 +391,57 @@ pub enum SecretError {
     Absent,
 }
 
+/// What a verification (a TokenReview, or a local JWT verification) found behind the peer's
+/// bearer token: what every plugin decides on, and the rest as asked in its [`ReviewSpec`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Review {
+    /// Whether the token is valid.
+    pub authenticated: bool,
+    /// Whether the review names one of the requested audiences (an authenticated review
+    /// without one comes from an authority that ignores audiences: do not trust it).
+    pub audience_matched: bool,
+    /// The authority's error text when the token was rejected.
+    pub error: Option<String>,
+    /// The Kubernetes username, e.g. `system:serviceaccount:ns:sa`.
+    pub username: String,
+    /// When the token expires (Unix ms), if the gateway could tell.
+    pub expires_at_ms: Option<u64>,
+    /// The user's UID, if asked for (for a ServiceAccount: the ServiceAccount's, not a pod's).
+    pub uid: Option<String>,
+    /// Groups, if asked for, e.g. `system:serviceaccounts:ns`.
+    pub groups: Option<Vec<String>>,
+    /// The audiences the token is valid for among the requested ones, if asked for.
+    pub audiences: Option<Vec<String>>,
+    /// The cluster (trust source) that vouched for the token, if asked for: `default` for
+    /// the gateway's own.
+    pub cluster: Option<String>,
+    /// The `extra` keys asked for.
+    pub(crate) extra_keys: std::rc::Rc<[String]>,
+    /// Bit `i`: the `i`-th key has a value.
+    pub(crate) extra_present: u32,
+    /// The first value of each key, if asked for.
+    pub(crate) extra_values: Option<Vec<Option<String>>>,
+}
+
+impl Review {
+    fn position(&self, key: &str) -> Option<usize> {
+        self.extra_keys.iter().position(|k| k == key)
+    }
+
+    /// Whether the review has a value for an `extra` key asked for.
+    pub fn has_extra(&self, key: &str) -> bool {
+        self.position(key)
+            .is_some_and(|i| i < 32 && self.extra_present & (1 << i) != 0)
+    }
+
+    /// The first value of an `extra` key asked for, if the values were asked for
+    /// ([`ReviewSpec::extra_values`]).
+    pub fn extra_first(&self, key: &str) -> Option<&str> {
+        let i = self.position(key)?;
+        self.extra_values.as_ref()?.get(i)?.as_deref()
+    }
+}
+
 /// Why the gateway could not complete a verification. None of these says anything about the
 /// token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -386,18 +513,47 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 }
 
 /// A shell-style pattern (`*`, `?`), compiled once (e.g. at `configure`) and matched often.
+/// The shapes rules are mostly written in — a literal, `prefix*`, `*suffix`, `*` — match
+/// without the general matcher.
 #[derive(Debug, Clone)]
-pub struct Glob(wildmatch::WildMatch);
+pub struct Glob(GlobKind);
+
+#[derive(Debug, Clone)]
+enum GlobKind {
+    Any,
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Wild(wildmatch::WildMatch),
+}
 
 impl Glob {
     /// Compiles `pattern`.
     pub fn new(pattern: &str) -> Self {
-        Self(wildmatch::WildMatch::new(pattern))
+        let plain = |s: &str| !s.contains(['*', '?']);
+        let kind = if pattern == "*" {
+            GlobKind::Any
+        } else if plain(pattern) {
+            GlobKind::Exact(pattern.into())
+        } else if let Some(p) = pattern.strip_suffix('*').filter(|p| plain(p)) {
+            GlobKind::Prefix(p.into())
+        } else if let Some(s) = pattern.strip_prefix('*').filter(|s| plain(s)) {
+            GlobKind::Suffix(s.into())
+        } else {
+            GlobKind::Wild(wildmatch::WildMatch::new(pattern))
+        };
+        Self(kind)
     }
 
     /// Whether `text` matches.
     pub fn matches(&self, text: &str) -> bool {
-        self.0.matches(text)
+        match &self.0 {
+            GlobKind::Any => true,
+            GlobKind::Exact(p) => text == p,
+            GlobKind::Prefix(p) => text.starts_with(p.as_str()),
+            GlobKind::Suffix(s) => text.ends_with(s.as_str()),
+            GlobKind::Wild(w) => w.matches(text),
+        }
     }
 }
 
@@ -438,6 +594,23 @@ mod tests {
         assert!(!e.contains("line"), "{e}");
         let e = parse_config::<Cfg>("{}").unwrap_err();
         assert_eq!(e, "missing field `rules`");
+    }
+
+    #[test]
+    fn every_glob_shape_matches_as_the_general_matcher_does() {
+        let patterns = [
+            "*", "prod", "prod-*", "*-eu", "p?od", "*od*", "a*b", "", "**",
+        ];
+        let texts = [
+            "", "prod", "prod-eu", "p-eu", "pxod", "food", "ab", "axb", "a", "-eu",
+        ];
+        for p in patterns {
+            let fast = Glob::new(p);
+            let slow = wildmatch::WildMatch::new(p);
+            for t in texts {
+                assert_eq!(fast.matches(t), slow.matches(t), "{p:?} on {t:?}");
+            }
+        }
     }
 
     #[test]

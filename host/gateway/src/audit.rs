@@ -96,8 +96,11 @@ pub struct AuditStep<'a> {
     /// For a denial: its reason; for a failure: its cause.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'a str>,
-    /// How long the plugin took, in microseconds.
-    pub us: u64,
+    /// For a failure the plugin reported: where in its source and why (never a credential).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+    /// How long the plugin took, in microseconds (to a tenth).
+    pub us: f64,
 }
 
 /// The audit sink.

@@ -126,6 +126,7 @@ pub async fn explain(config: &Config, input: &ExplainInput) -> Result<Explanatio
         limits: config.limits.clone(),
         pairing,
         sessions: Sessions::default(),
+        slots: crate::admission::SessionSlots::new(config.limits.max_connections),
         connections: AtomicUsize::new(0),
         preauth: Arc::new(crate::preauth::PreAuth::new(&config.limits)),
         chain: RwLock::new(LoadedChain {
@@ -136,6 +137,7 @@ pub async fn explain(config: &Config, input: &ExplainInput) -> Result<Explanatio
         metrics: Metrics::new(),
         audit: Audit::open(&AuditOutput::Off).map_err(StartError::Audit)?,
         cluster: None,
+        draining: tokio::sync::watch::channel(false).0,
     };
     let client = ClientInfo {
         id: input.client_id.clone(),

@@ -11,6 +11,7 @@
 //! through the files.
 
 mod admin;
+mod admission;
 pub mod audit;
 mod authenticate;
 pub mod cluster;
@@ -70,6 +71,8 @@ pub struct GatewayState {
     pub(crate) limits: ProtocolLimits,
     pub(crate) pairing: PairingStore,
     pub(crate) sessions: Sessions,
+    /// `limits.max_connections`, as slots taken before the chain runs.
+    pub(crate) slots: Arc<admission::SessionSlots>,
     pub(crate) connections: AtomicUsize,
     /// What unauthenticated peers may spend (sockets, failed handshakes).
     pub(crate) preauth: Arc<preauth::PreAuth>,
@@ -79,6 +82,8 @@ pub struct GatewayState {
     pub(crate) audit: Audit,
     /// The NATS cluster this replica belongs to (`[cluster] backend = "nats"`).
     pub(crate) cluster: Option<Arc<cluster::Nats>>,
+    /// Set when the gateway drains (SIGTERM): handshakes in progress close with 1012 too.
+    pub(crate) draining: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for GatewayState {
@@ -223,11 +228,13 @@ impl Running {
         while self.tasks.join_next().await.is_some() {}
     }
 
-    /// A graceful stop (SIGTERM): stops accepting, closes every session with 1012 (service
-    /// restart) so peers reconnect — to another replica — and waits up to `drain` for them to
-    /// go. Returns how many sessions were still open when the time ran out.
+    /// A graceful stop (SIGTERM): stops accepting, closes every session — and every socket
+    /// still in its handshake — with 1012 (service restart) so peers reconnect, to another
+    /// replica, and waits up to `drain` for the sessions to go. Returns how many sessions were
+    /// still open when the time ran out.
     pub async fn drain(mut self, drain: std::time::Duration) -> usize {
         let _ = self.stop.send(true);
+        self.state.draining.send_replace(true);
         let closing = self.state.sessions.close_where(
             trustgate_protocol::CloseCode::SERVICE_RESTART,
             "service restart",
@@ -327,6 +334,7 @@ async fn start_inner(
         limits: config.limits.clone(),
         pairing,
         sessions: Sessions::default(),
+        slots: admission::SessionSlots::new(config.limits.max_connections),
         connections: AtomicUsize::new(0),
         preauth: Arc::new(preauth::PreAuth::new(&config.limits)),
         chain: RwLock::new(LoadedChain {
@@ -337,6 +345,7 @@ async fn start_inner(
         metrics: Metrics::new(),
         audit: Audit::open(&config.audit.output).map_err(StartError::Audit)?,
         cluster: cluster.clone(),
+        draining: watch::channel(false).0,
     });
     state
         .metrics

@@ -22,8 +22,9 @@ pub struct ProtocolLimits {
     /// Concurrent unauthenticated sockets (accepted, not yet past `hello-ok`); beyond it new
     /// sockets are closed at accept.
     pub max_unauthenticated: usize,
-    /// Concurrent unauthenticated sockets per client address (IPv6: per /64).
-    pub max_unauthenticated_per_address: usize,
+    /// Concurrent unauthenticated sockets per client address (IPv6: per /64); at most
+    /// `max_unauthenticated`. Unset, it is 32 or `max_unauthenticated`, whichever is smaller.
+    pub max_unauthenticated_per_address: Option<usize>,
     /// Failed handshakes an address may make per second, on average; beyond its burst a
     /// `connect` is answered `RATE_LIMITED` with `retryAfterMs` before any plugin runs.
     pub failed_handshakes_per_second: u32,
@@ -45,7 +46,7 @@ impl Default for ProtocolLimits {
             handshake_timeout_ms: 10_000,
             max_connections: 10_000,
             max_unauthenticated: 2_048,
-            max_unauthenticated_per_address: 32,
+            max_unauthenticated_per_address: None,
             failed_handshakes_per_second: 2,
             failed_handshake_burst: 20,
             tick_interval_ms: 15_000,
@@ -65,7 +66,7 @@ impl ProtocolLimits {
             ("max_unauthenticated", self.max_unauthenticated as u64, 1),
             (
                 "max_unauthenticated_per_address",
-                self.max_unauthenticated_per_address as u64,
+                self.unauthenticated_per_address() as u64,
                 1,
             ),
             (
@@ -86,16 +87,25 @@ impl ProtocolLimits {
                 return Err((key, format!("must be at least {min}, got {value}")));
             }
         }
-        if self.max_unauthenticated_per_address > self.max_unauthenticated {
+        if let Some(per) = self.max_unauthenticated_per_address
+            && per > self.max_unauthenticated
+        {
             return Err((
                 "max_unauthenticated_per_address",
                 format!(
-                    "must not exceed max_unauthenticated ({}), got {}",
-                    self.max_unauthenticated, self.max_unauthenticated_per_address
+                    "must not exceed max_unauthenticated ({}), got {per}",
+                    self.max_unauthenticated
                 ),
             ));
         }
         Ok(())
+    }
+
+    /// Unauthenticated sockets one address may hold: `max_unauthenticated_per_address`, or if
+    /// unset 32 or `max_unauthenticated`, whichever is smaller.
+    pub fn unauthenticated_per_address(&self) -> usize {
+        self.max_unauthenticated_per_address
+            .unwrap_or(32.min(self.max_unauthenticated))
     }
 
     /// Time allowed for `connect`.

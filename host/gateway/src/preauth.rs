@@ -112,7 +112,7 @@ impl PreAuth {
     pub(crate) fn new(limits: &ProtocolLimits) -> Self {
         Self {
             max_total: limits.max_unauthenticated,
-            max_per_addr: limits.max_unauthenticated_per_address,
+            max_per_addr: limits.unauthenticated_per_address(),
             rate: f64::from(limits.failed_handshakes_per_second),
             burst: f64::from(limits.failed_handshake_burst),
             table: Mutex::new(Table {
@@ -240,7 +240,7 @@ mod tests {
     fn budget(total: usize, per: usize, rate: u32, burst: u32) -> Arc<PreAuth> {
         Arc::new(PreAuth::new(&ProtocolLimits {
             max_unauthenticated: total,
-            max_unauthenticated_per_address: per,
+            max_unauthenticated_per_address: Some(per),
             failed_handshakes_per_second: rate,
             failed_handshake_burst: burst,
             ..ProtocolLimits::default()

@@ -63,7 +63,7 @@ impl Registry {
     pub(crate) fn new(replica: &str, settings: &ClusterSettings) -> Self {
         Self {
             replica: replica.to_string(),
-            ttl: Duration::from_millis(settings.session_ttl_ms),
+            ttl: settings.session_ttl(),
             view: Mutex::default(),
         }
     }

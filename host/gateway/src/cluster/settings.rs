@@ -1,6 +1,7 @@
 //! `[cluster]`: where replicas keep their shared state.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -39,8 +40,9 @@ pub struct ClusterSettings {
     /// How often a replica announces that it is alive.
     pub heartbeat_ms: u64,
     /// How long after its last heartbeat a replica's sessions stop being listed (a crashed
-    /// replica's sessions disappear within this time).
-    pub session_ttl_ms: u64,
+    /// replica's sessions disappear within this time); at least 3 × `heartbeat_ms`. Unset, it
+    /// is 10000 or 5 × `heartbeat_ms`, whichever is larger.
+    pub session_ttl_ms: Option<u64>,
     /// How long one key-value operation may take before the write is refused `UNAVAILABLE`.
     pub request_timeout_ms: u64,
 }
@@ -91,7 +93,7 @@ impl Default for ClusterSettings {
             subject_prefix: "trustgate".into(),
             bucket_replicas: 1,
             heartbeat_ms: 2_000,
-            session_ttl_ms: 10_000,
+            session_ttl_ms: None,
             request_timeout_ms: 2_000,
         }
     }
@@ -106,6 +108,15 @@ fn is_name(s: &str) -> bool {
 }
 
 impl ClusterSettings {
+    /// How long after its last heartbeat a replica's sessions stop being listed:
+    /// `session_ttl_ms`, or if unset 10 s or 5 heartbeats, whichever is longer.
+    pub fn session_ttl(&self) -> Duration {
+        Duration::from_millis(
+            self.session_ttl_ms
+                .unwrap_or_else(|| 10_000u64.max(self.heartbeat_ms.saturating_mul(5))),
+        )
+    }
+
     /// Refuses settings that cannot work: `(key, message)` of the first offender.
     pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.backend == StateBackend::File {
@@ -165,13 +176,15 @@ impl ClusterSettings {
                 format!("must be between 100 and 60000, got {}", self.heartbeat_ms),
             ));
         }
-        if self.session_ttl_ms < 3 * self.heartbeat_ms {
+        if let Some(ttl) = self.session_ttl_ms
+            && ttl < 3 * self.heartbeat_ms
+        {
             return Err((
                 "session_ttl_ms",
                 format!(
-                    "must be at least 3 × heartbeat_ms ({}), got {}",
+                    "must be at least 3 × heartbeat_ms (3 × {} = {}), got {ttl}",
+                    self.heartbeat_ms,
                     3 * self.heartbeat_ms,
-                    self.session_ttl_ms
                 ),
             ));
         }

@@ -84,12 +84,19 @@ where
         {
             return None;
         }
-        let first = match tokio::time::timeout_at(deadline, next_frame(source)).await {
-            Ok(f) => f,
-            Err(_) => {
-                info!("no connect within the handshake timeout");
-                self.close(CloseCode::POLICY_VIOLATION, "handshake timeout: no connect")
-                    .await;
+        let mut draining = self.state.draining.subscribe();
+        let first = tokio::select! {
+            f = tokio::time::timeout_at(deadline, next_frame(source)) => match f {
+                Ok(f) => f,
+                Err(_) => {
+                    info!("no connect within the handshake timeout");
+                    self.close(CloseCode::POLICY_VIOLATION, "handshake timeout: no connect")
+                        .await;
+                    return None;
+                }
+            },
+            _ = async { drop(draining.wait_for(|d| *d).await) } => {
+                self.close(CloseCode::SERVICE_RESTART, "service restart").await;
                 return None;
             }
         };
@@ -186,7 +193,9 @@ where
             self.refuse(refused, e).await;
             return None;
         }
-        if self.state.sessions.len() >= self.state.limits.max_connections {
+        // The session's slot, taken before the chain runs and held until the session ends:
+        // however many handshakes decide at once, no more than `max_connections` get through.
+        let Some(slot) = self.state.slots.take() else {
             let e = ErrorBody::new(
                 ErrorCode::RateLimited,
                 "the gateway is at its session limit",
@@ -195,7 +204,7 @@ where
             .with_details(json!({"reason": "gateway-full"}));
             self.refuse(refused, e).await;
             return None;
-        }
+        };
         let device = match &params.device {
             None => None,
             Some(proof) => match proof.verify(
@@ -305,6 +314,14 @@ where
             },
             cmd_tx,
         );
+        // A drain that began while this handshake decided closed every session listed then:
+        // this one is listed only now, so it closes the same way.
+        if *self.state.draining.borrow() {
+            self.state.sessions.remove(&self.conn_id);
+            self.close(CloseCode::SERVICE_RESTART, "service restart")
+                .await;
+            return None;
+        }
         // A revocation that landed between the decision and the registration just above
         // walked the registry without this session: look again now that it is listed.
         if let Some(device) = &auth.device_id
@@ -334,7 +351,7 @@ where
             return None;
         }
         info!(subject = %auth.identity.subject, role = auth.role.as_str(), method = %auth.identity.method, pairing = ?auth.pairing, "connected");
-        Some(Session::new(params, auth, commands, close_orders))
+        Some(Session::new(params, auth, commands, close_orders, slot))
     }
 }
 

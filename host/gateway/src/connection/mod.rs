@@ -229,7 +229,8 @@ fn audit_trace(trace: &[Step]) -> Vec<AuditStep<'_>> {
             verdict: s.kind.as_str(),
             code: s.code.map(|c| deny_code(c).as_str()),
             reason: s.reason.as_deref(),
-            us: s.elapsed.as_micros() as u64,
+            error: s.error.as_deref(),
+            us: (s.elapsed.as_nanos() / 100) as f64 / 10.0,
         })
         .collect()
 }

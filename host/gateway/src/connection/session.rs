@@ -40,6 +40,8 @@ pub(super) struct Session {
     close_orders: tokio::sync::watch::Receiver<crate::registry::CloseOrder>,
     /// Invocations relayed to this worker and not answered yet.
     invocations: Invocations,
+    /// Its place among `max_connections`, given back when the session ends.
+    _slot: crate::admission::SessionSlot,
 }
 
 impl Session {
@@ -48,6 +50,7 @@ impl Session {
         auth: Authenticated,
         commands: mpsc::Receiver<SessionCommand>,
         close_orders: tokio::sync::watch::Receiver<crate::registry::CloseOrder>,
+        slot: crate::admission::SessionSlot,
     ) -> Self {
         let device = params
             .device
@@ -61,6 +64,7 @@ impl Session {
             commands,
             close_orders,
             invocations: Invocations::default(),
+            _slot: slot,
         }
     }
 

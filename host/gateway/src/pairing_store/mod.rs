@@ -44,8 +44,9 @@ pub struct PairingSettings {
     /// Pending requests at most; beyond it new devices are answered `RATE_LIMITED`
     /// (`too-many-pairing-requests`) until some are decided or expire.
     pub max_pending: usize,
-    /// Pending requests at most from one client address (IPv6: one /64).
-    pub max_pending_per_address: usize,
+    /// Pending requests at most from one client address (IPv6: one /64); at most
+    /// `max_pending`. Unset, it is 4 or `max_pending`, whichever is smaller.
+    pub max_pending_per_address: Option<usize>,
     /// How long a device token is valid, in milliseconds; a `reauth` in its second half
     /// rotates it.
     pub token_ttl_ms: u64,
@@ -60,7 +61,7 @@ impl Default for PairingSettings {
             store: None,
             pending_ttl_ms: 300_000,
             max_pending: 256,
-            max_pending_per_address: 4,
+            max_pending_per_address: None,
             token_ttl_ms: 30 * 24 * 3_600_000,
             max_tokens_per_device: 8,
         }
@@ -68,15 +69,19 @@ impl Default for PairingSettings {
 }
 
 impl PairingSettings {
+    /// Pending requests one address may have: `max_pending_per_address`, or if unset 4 or
+    /// `max_pending`, whichever is smaller.
+    pub fn pending_per_address(&self) -> usize {
+        self.max_pending_per_address
+            .unwrap_or(4.min(self.max_pending))
+    }
+
     /// Refuses values that would disable a limit: `(key, message)` of the first offender.
     pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
         for (key, value) in [
             ("pending_ttl_ms", self.pending_ttl_ms),
             ("max_pending", self.max_pending as u64),
-            (
-                "max_pending_per_address",
-                self.max_pending_per_address as u64,
-            ),
+            ("max_pending_per_address", self.pending_per_address() as u64),
             ("token_ttl_ms", self.token_ttl_ms),
             ("max_tokens_per_device", self.max_tokens_per_device as u64),
         ] {
@@ -84,12 +89,14 @@ impl PairingSettings {
                 return Err((key, "must be at least 1".into()));
             }
         }
-        if self.max_pending_per_address > self.max_pending {
+        if let Some(per) = self.max_pending_per_address
+            && per > self.max_pending
+        {
             return Err((
                 "max_pending_per_address",
                 format!(
-                    "must not exceed max_pending ({}), got {}",
-                    self.max_pending, self.max_pending_per_address
+                    "must not exceed max_pending ({}), got {per}",
+                    self.max_pending
                 ),
             ));
         }
@@ -520,7 +527,7 @@ impl PairingStore {
                 .min()
                 .map_or(1_000, |e| e.saturating_sub(now).max(1))
         };
-        if from_here.len() >= self.settings.max_pending_per_address {
+        if from_here.len() >= self.settings.pending_per_address() {
             return Err(PairingError::TooManyPending {
                 per_address: true,
                 retry_after_ms: lapse(&mut from_here.into_iter()),

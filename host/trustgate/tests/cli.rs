@@ -35,7 +35,7 @@ fn inspect_prints_world_and_sha256_of_the_allowlist_component() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(
-        stdout.contains("world:   trustgate:auth/auth-plugin@0.2.0"),
+        stdout.contains("world:   trustgate:auth/auth-plugin@0.3.0"),
         "{stdout}"
     );
     assert!(
@@ -47,7 +47,7 @@ fn inspect_prints_world_and_sha256_of_the_allowlist_component() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("instance  trustgate:auth/plugin@0.2.0"),
+        stdout.contains("instance  trustgate:auth/plugin@0.3.0"),
         "{stdout}"
     );
 }

@@ -72,15 +72,15 @@ fn write_config(dir: &Path) -> std::path::PathBuf {
         .replace("127.0.0.1:7400", "127.0.0.1:0")
         .replace("127.0.0.1:7401", "127.0.0.1:0")
         .replace(
-            "max_pending_per_address = 4",
-            "max_pending_per_address = 256",
+            "# max_pending_per_address = 4 ",
+            "max_pending_per_address = 256 ",
         )
         .replace(
             "failed_handshake_burst = 20",
             "failed_handshake_burst = 1000",
         );
     assert!(
-        text.contains("max_pending_per_address = 256")
+        text.contains("\nmax_pending_per_address = 256 ")
             && text.contains("failed_handshake_burst = 1000")
     );
     std::fs::write(&path, text).unwrap();

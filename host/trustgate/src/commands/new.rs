@@ -16,6 +16,7 @@ pub(crate) enum Lang {
 }
 
 const WIT: &str = include_str!("../../../../wit/auth.wit");
+const WIT_0_2: &str = include_str!("../../../../wit/0.2.0/auth.wit");
 const WIT_0_1: &str = include_str!("../../../../wit/0.1.0/auth.wit");
 const CASES: &str = include_str!("../../templates/cases.toml");
 const CONFIG: &str = include_str!("../../templates/config.toml");
@@ -24,12 +25,29 @@ const README: &str = include_str!("../../templates/README.md");
 const RUST_CARGO: &str = include_str!("../../templates/rust/Cargo.toml");
 const RUST_LIB: &str = include_str!("../../templates/rust/src/lib.rs");
 const RUST_BUILD: &str = include_str!("../../templates/rust/build.sh");
-const SDK_LIB: &str = include_str!("../../../../plugins/sdk/src/lib.rs");
-const SDK_V0_2: &str = include_str!("../../../../plugins/sdk/src/contract_v0_2.rs");
-const SDK_V0_1: &str = include_str!("../../../../plugins/sdk/src/contract_v0_1.rs");
+/// The Rust SDK's sources, vendored next to the plugin so it builds without a registry.
+const SDK_SOURCES: [(&str, &str); 5] = [
+    ("lib.rs", include_str!("../../../../plugins/sdk/src/lib.rs")),
+    (
+        "facts.rs",
+        include_str!("../../../../plugins/sdk/src/facts.rs"),
+    ),
+    (
+        "contract_v0_3.rs",
+        include_str!("../../../../plugins/sdk/src/contract_v0_3.rs"),
+    ),
+    (
+        "contract_v0_2.rs",
+        include_str!("../../../../plugins/sdk/src/contract_v0_2.rs"),
+    ),
+    (
+        "contract_v0_1.rs",
+        include_str!("../../../../plugins/sdk/src/contract_v0_1.rs"),
+    ),
+];
 const SDK_CARGO: &str = r#"[package]
 name = "trustgate-plugin-sdk"
-version = "0.2.0"
+version = "0.3.0"
 edition = "2024"
 publish = false
 description = "Write trustgate authentication plugins in Rust (vendored by `trustgate plugin new`)"
@@ -43,6 +61,7 @@ wildmatch = "2"
 ipnet = "2"
 
 [features]
+contract-0-2 = []
 contract-0-1 = []
 "#;
 
@@ -108,6 +127,7 @@ pub(crate) fn run(name: &str, lang: Lang, parent: Option<PathBuf>) -> Result<Pat
             .replace("{{build}}", build)
     };
     write(&dir, "wit/auth.wit", WIT)?;
+    write(&dir, "wit/0.2.0/auth.wit", WIT_0_2)?;
     write(&dir, "wit/0.1.0/auth.wit", WIT_0_1)?;
     write(&dir, "cases.toml", &fill(CASES))?;
     write(&dir, "config.toml", CONFIG)?;
@@ -119,17 +139,13 @@ pub(crate) fn run(name: &str, lang: Lang, parent: Option<PathBuf>) -> Result<Pat
             write(&dir, "build.sh", &fill(RUST_BUILD))?;
             executable(&dir.join("build.sh"))?;
             write(&dir, "vendor/trustgate-plugin-sdk/Cargo.toml", SDK_CARGO)?;
-            write(&dir, "vendor/trustgate-plugin-sdk/src/lib.rs", SDK_LIB)?;
-            write(
-                &dir,
-                "vendor/trustgate-plugin-sdk/src/contract_v0_2.rs",
-                SDK_V0_2,
-            )?;
-            write(
-                &dir,
-                "vendor/trustgate-plugin-sdk/src/contract_v0_1.rs",
-                SDK_V0_1,
-            )?;
+            for (file, text) in SDK_SOURCES {
+                write(
+                    &dir,
+                    &format!("vendor/trustgate-plugin-sdk/src/{file}"),
+                    text,
+                )?;
+            }
             write(&dir, ".gitignore", "/target\n*.wasm\n")?;
         }
         Lang::Python => {

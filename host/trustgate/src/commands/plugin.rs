@@ -42,7 +42,7 @@ pub(crate) fn inspect(file: PathBuf) -> Result<()> {
                     "credentials: always readable (0.1.0 copies them into every request; deprecated, rebuild against {})",
                     ContractVersion::CURRENT.package()
                 ),
-                ContractVersion::V0_2 => println!(
+                ContractVersion::V0_2 | ContractVersion::V0_3 => println!(
                     "credentials: opaque; readable only with `credentials = \"read\"` in its [[auth.plugins]] entry"
                 ),
             }

@@ -1,10 +1,15 @@
 // {{name}}: lets an identity through if its namespace matches one of `namespaces`.
-import { definePlugin, permit, deny, abstain, glob } from "trustgate-plugin";
+import { definePlugin, permit, deny, abstain, glob, ConfigError } from "trustgate-plugin";
 
 export const plugin = definePlugin({
+  // What every call reads, handed over with the call itself. Anything else is still
+  // readable (`identity.subject`, `request.role`, ...), at the cost of one more call.
+  wants: { attributes: ["namespace"] },
+
   configure(config) {
+    // A key of the configuration this never reads is an error (a typo would be ignored).
     if (!Array.isArray(config.namespaces) || config.namespaces.length === 0) {
-      throw new Error("namespaces: list at least one namespace glob");
+      throw new ConfigError("namespaces", "list at least one namespace glob");
     }
     this.namespaces = config.namespaces;
   },

@@ -4,10 +4,13 @@ import trustgate_plugin as tg
 
 
 class Policy:
-    def __init__(self, config: dict):
-        self.namespaces = config.get("namespaces") or []
-        if not self.namespaces:
-            raise ValueError("namespaces: list at least one namespace glob")
+    # What every call reads, handed over with the call itself. Anything else is still
+    # readable (`identity.subject`, `request.role`, ...), at the cost of one more call.
+    wants = tg.Wants(attributes=["namespace"])
+
+    def __init__(self, config: tg.Config):
+        # A key of the configuration this never reads is an error (a typo would be ignored).
+        self.namespaces = config.str_list("namespaces")
 
     def authenticate(self, request: tg.Request, identity: tg.Identity | None) -> tg.Decision:
         if identity is None:

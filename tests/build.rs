@@ -9,7 +9,7 @@ mod wasm_guests;
 use std::fmt::Write;
 use std::path::PathBuf;
 
-/// Built a second time against contract 0.1.0.
+/// Built again against contracts 0.1.0 and 0.2.0.
 const LEGACY: &[&str] = &[
     "guest-scripted",
     "trustgate-allowlist",
@@ -22,6 +22,7 @@ const GUESTS: &[&str] = &[
     "guest-wrong-version",
     "guest-no-export",
     "guest-unknown-import",
+    "guest-floor",
 ];
 
 fn main() {
@@ -74,6 +75,17 @@ fn main() {
         ),
         "-v0-1",
         "component built against trustgate:auth@0.1.0",
+    );
+    // And against 0.2.0: the compatibility tests and the benchmark's 0.2 row.
+    emit(
+        wasm_guests::build_with(
+            &root,
+            LEGACY,
+            &["trustgate-plugin-sdk/contract-0-2"],
+            "wasm-guests-0.2",
+        ),
+        "-v0-2",
+        "component built against trustgate:auth@0.2.0",
     );
     std::fs::write(out_dir.join("guests.rs"), src).unwrap();
 }

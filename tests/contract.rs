@@ -350,11 +350,19 @@ async fn plugin_logs_are_cut_per_line_escaped_and_bounded_per_call() {
     decide(&noisy, &request("m", None), None).await.unwrap();
     let log = logs.text();
     let logged: usize = log.matches('x').count();
+    // Each line is charged its escaped text plus the framing a log line adds (timestamp,
+    // level, plugin and stream names), so the budget bounds what the log grows by, not only
+    // the plugin's text. Stream names are 3 ("log") to 6 ("stdout") bytes.
+    let lines = log.lines().filter(|l| l.contains("xxxx")).count();
+    let framing = limits::LOG_LINE_FRAMING + "noisy".len();
     assert!(
-        logged <= limits::MAX_LOG_PER_CALL,
-        "{logged} bytes of plugin output logged in one call"
+        logged + lines * (framing + 3) <= limits::MAX_LOG_PER_CALL,
+        "{logged} bytes of plugin output in {lines} lines logged in one call"
     );
-    assert!(logged >= limits::MAX_LOG_PER_CALL - 1_000, "{logged}");
+    assert!(
+        logged + lines * (framing + 6) + (1_000 + framing + 6) > limits::MAX_LOG_PER_CALL,
+        "only {logged} bytes in {lines} lines logged: the budget was not used up"
+    );
     let dropped = noisy
         .stats()
         .log_dropped_bytes

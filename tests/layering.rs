@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // helpers of tests: a failed setup is a failed test
 
 use serde_json::{Value, json};
-use trustgate_tests::layering::check;
+use trustgate_tests::layering::{self, check};
 
 fn metadata() -> Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -105,4 +105,58 @@ fn each_kind_of_violation_is_caught() {
             "{from} -> {edge}: expected a violation containing {expected:?}, got {violations:#?}"
         );
     }
+}
+
+/// The modules of `crate_dir/src` that import from `lib.rs`, and the import cycles.
+fn module_problems(crate_dir: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let graph = layering::module_graph(&root.join(crate_dir).join("src"));
+    assert!(graph.len() > 5, "{crate_dir}: modules not found");
+    let up: Vec<String> = graph
+        .iter()
+        .filter(|(_, uses)| uses.contains("lib"))
+        .map(|(m, _)| m.clone())
+        .collect();
+    (up, layering::module_cycles(&graph))
+}
+
+#[test]
+fn the_runtime_and_the_gateway_modules_depend_in_one_direction() {
+    for krate in ["host/runtime", "host/gateway"] {
+        let (up, cycles) = module_problems(krate);
+        assert!(
+            cycles.is_empty(),
+            "{krate}: modules that import each other in a loop: {cycles:?}"
+        );
+        assert!(
+            up.is_empty(),
+            "{krate}: modules that import from lib.rs (which composes them): {up:?}"
+        );
+    }
+}
+
+#[test]
+fn the_module_check_finds_a_loop_and_an_import_from_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path();
+    std::fs::write(src.join("lib.rs"), "mod a; mod b; mod c; pub struct Root;").unwrap();
+    std::fs::write(
+        src.join("a.rs"),
+        "use crate::b::B; // crate::c is not an import",
+    )
+    .unwrap();
+    std::fs::create_dir(src.join("b")).unwrap();
+    std::fs::write(src.join("b/mod.rs"), "mod inner; pub struct B;").unwrap();
+    std::fs::write(src.join("b/inner.rs"), "use crate::{a::A, c};").unwrap();
+    std::fs::write(src.join("c.rs"), "use super::Root;").unwrap();
+    let graph = layering::module_graph(src);
+    assert_eq!(
+        layering::module_cycles(&graph),
+        vec![vec!["a".to_string(), "b".to_string()]]
+    );
+    assert!(graph["c"].contains("lib"), "{graph:?}");
+    assert!(
+        !graph["a"].contains("c"),
+        "comments are not imports: {graph:?}"
+    );
 }

@@ -338,7 +338,7 @@ allow = 'true'
     assert_eq!(trace[1]["code"], "FORBIDDEN");
     assert_eq!(trace[1]["reason"], "dev-is-not-production");
     assert!(
-        trace.iter().all(|s| s["us"].as_u64().is_some()),
+        trace.iter().all(|s| s["us"].as_f64().is_some()),
         "{refusal}"
     );
 

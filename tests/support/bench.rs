@@ -279,24 +279,30 @@ pub fn builtin(name: &str) -> PluginSource {
     )
 }
 
-/// The same chain, the same plugin sources, built against contract 0.1.0.
-pub async fn wasm_chain_v0_1(kube: Arc<Kubernetes>, mode: &str) -> (Chain, Runtime) {
+/// The same chain, the same plugin sources, built against an earlier contract (`0.2`, `0.1`).
+pub async fn wasm_chain_legacy(
+    kube: Arc<Kubernetes>,
+    mode: &str,
+    contract: &str,
+) -> (Chain, Runtime) {
     let rt = Runtime::new(
         RuntimeSettings::default(),
         Arc::new(trustgate_gateway::KubeServices(kube)),
     )
     .expect("runtime");
-    let specs = [
-        crate::spec(
-            "k8s-sa-trust",
+    let (k8s, allowlist) = match contract {
+        "0.2" => (
+            crate::guests::TRUSTGATE_K8S_SA_TRUST_V0_2,
+            crate::guests::TRUSTGATE_ALLOWLIST_V0_2,
+        ),
+        _ => (
             crate::guests::TRUSTGATE_K8S_SA_TRUST_V0_1,
-            k8s_config(mode),
-        ),
-        crate::spec(
-            "allowlist",
             crate::guests::TRUSTGATE_ALLOWLIST_V0_1,
-            allowlist_config(),
         ),
+    };
+    let specs = [
+        crate::spec("k8s-sa-trust", k8s, k8s_config(mode)),
+        crate::spec("allowlist", allowlist, allowlist_config()),
     ];
     let (chain, _) = rt.load_chain(&specs).await.expect("chain");
     (chain, rt)
@@ -684,6 +690,31 @@ pub async fn policy_costs(
     }
 }
 
+/// Each language's floor: an empty policy (it only answers `permit`) in CEL, Python and
+/// JavaScript, measured like the examples: (language, component, configuration).
+pub fn floor_policies() -> Vec<(&'static str, Vec<u8>, serde_json::Value)> {
+    let floors = crate::policies::root().join("tests/floors");
+    let python = crate::policies::python("floor-python", &floors.join("python-empty"), "app");
+    let js = crate::policies::javascript("floor-js", &floors.join("js-empty"), "app.js");
+    vec![
+        (
+            "CEL",
+            trustgate_builtins::builtin("cel").expect("cel").to_vec(),
+            json!({"rules": [{"allow": "true"}]}),
+        ),
+        (
+            "Python",
+            std::fs::read(python).expect("python floor"),
+            json!({}),
+        ),
+        (
+            "JavaScript",
+            std::fs::read(js).expect("js floor"),
+            json!({}),
+        ),
+    ]
+}
+
 /// The example policies (`plugins/examples/`) with configurations that let [`policy_call`]
 /// through, and the allowlist built-in as the Rust reference: (row name, component,
 /// configuration). Builds the Python and JavaScript components if needed.
@@ -729,4 +760,185 @@ pub fn example_policies() -> Vec<(&'static str, Vec<u8>, serde_json::Value)> {
             json!({"namespaces": ["prod-*"], "cidrs": ["10.0.0.0/8"]}),
         ),
     ]
+}
+
+// === The cost a running gateway pays ===
+
+/// Per-plugin time of one chain as the audit trace records it (medians, µs): in a hot loop in
+/// process, over real handshakes back to back, and over real handshakes one every `gap`.
+#[derive(Debug, Clone)]
+pub struct TraceReport {
+    /// The chain's plugins, in order.
+    pub plugins: Vec<String>,
+    /// The chain evaluated in a loop, in process (the steps' times).
+    pub hot: Vec<f64>,
+    /// Handshakes back to back over loopback (the audit trace).
+    pub back_to_back: Vec<f64>,
+    /// One handshake every `gap` (the audit trace).
+    pub sporadic: Vec<f64>,
+}
+
+/// The TOML of a chain [k8s-sa-trust, `policy`] admitting `prod-a/runner` workers by
+/// TokenReview, `policy` being a built-in's `[[auth.plugins]]` entry.
+pub fn trace_chain(policy: &str) -> String {
+    format!(
+        r#"[[auth.plugins]]
+builtin = "k8s-sa-trust"
+[auth.plugins.config]
+mode = "tokenreview"
+audiences = ["{AUDIENCE}"]
+require_pod_binding = true
+[[auth.plugins.config.allow]]
+namespace = "prod-*"
+service_account = "runner"
+roles = ["worker"]
+
+{policy}"#
+    )
+}
+
+/// A worker token of `prod-a/runner`, which [`trace_chain`] admits.
+pub fn prod_token(cluster: &Cluster) -> String {
+    cluster
+        .api
+        .token(&TokenRequest::new("prod-a", "runner", AUDIENCE))
+        .expect("token")
+        .0
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Per-plugin medians of the traces in the audit lines `lines` (each a connect allowed).
+fn trace_medians(lines: &[String], plugins: usize) -> Vec<f64> {
+    let mut per: Vec<Vec<f64>> = vec![Vec::new(); plugins];
+    for line in lines {
+        let record: serde_json::Value = serde_json::from_str(line).expect("audit line");
+        assert_eq!(record["decision"], "allow", "{record}");
+        let trace = record["trace"].as_array().expect("trace");
+        assert_eq!(trace.len(), plugins, "{record}");
+        for (i, step) in trace.iter().enumerate() {
+            per[i].push(step["us"].as_f64().expect("us"));
+        }
+    }
+    per.into_iter().map(median).collect()
+}
+
+/// One handshake (connect → hello-ok → close) presenting `token`.
+async fn one_handshake(url: &str, token: &str) {
+    let mut c = WsClient::open(url).await;
+    let auth = json!({"method": "k8s-sa-trust", "token": token});
+    let res = c.connect(connect_params("worker", Some(auth), None)).await;
+    assert_eq!(res["ok"], true, "{res}");
+    c.close().await;
+}
+
+/// Measures [`TraceReport`] for `chain` (see [`trace_chain`]) on a gateway reviewing through
+/// `cluster`: `hot` in-process evaluations, `back_to_back` handshakes, then `sporadic`
+/// handshakes `gap` apart.
+pub async fn trace_costs(
+    cluster: &Cluster,
+    chain: &str,
+    hot: usize,
+    back_to_back: usize,
+    sporadic: usize,
+    gap: Duration,
+) -> TraceReport {
+    trace_costs_of(cluster, chain, false, hot, back_to_back, sporadic, gap).await
+}
+
+/// [`trace_costs`] of the native chain ([`native_chain`], admitting `workers/runner`), swapped
+/// into the same kind of running gateway: the floor of each pattern on this machine.
+pub async fn native_trace_costs(
+    cluster: &Cluster,
+    hot: usize,
+    back_to_back: usize,
+    sporadic: usize,
+    gap: Duration,
+) -> TraceReport {
+    let chain = trace_chain("");
+    trace_costs_of(cluster, &chain, true, hot, back_to_back, sporadic, gap).await
+}
+
+async fn trace_costs_of(
+    cluster: &Cluster,
+    chain: &str,
+    native: bool,
+    hot: usize,
+    back_to_back: usize,
+    sporadic: usize,
+    gap: Duration,
+) -> TraceReport {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = dir.path().join("audit.jsonl");
+    let sections = format!(
+        "[kubernetes]\nkubeconfig = {:?}\nreview_cache_ttl_ms = 3600000\n[audit]\noutput = {:?}\n[limits]\n{LOOPBACK_STORM_LIMITS}",
+        cluster.kubeconfig.display().to_string(),
+        audit.display().to_string(),
+    );
+    let gw = crate::gateway(&sections, chain).await;
+    let token = if native {
+        let kube = gw.running.kubernetes.clone().expect("kubernetes");
+        gw.running.state.swap_chain(trustgate_gateway::LoadedChain {
+            chain: Arc::new(native_chain(kube)),
+            plugins: Vec::new(),
+        });
+        cluster.token()
+    } else {
+        prod_token(cluster)
+    };
+    let url = gw.url();
+    // Warm the review cache and the instance pools.
+    for _ in 0..50 {
+        one_handshake(&url, &token).await;
+    }
+    let lines = || -> Vec<String> {
+        std::fs::read_to_string(&audit)
+            .expect("audit log")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+
+    let loaded = gw.running.state.chain();
+    let plugins: Vec<String> = loaded
+        .providers()
+        .iter()
+        .map(|p| p.name().to_string())
+        .collect();
+    let mut request = worker_request(&token);
+    Arc::make_mut(&mut request).peer.remote_addr = "127.0.0.1:40000".into();
+    let mut per: Vec<Vec<f64>> = vec![Vec::new(); plugins.len()];
+    for _ in 0..hot {
+        let v = loaded.evaluate(&request, None, CachePolicy::Use).await;
+        assert!(matches!(v.outcome, Outcome::Allowed(_)), "{:?}", v.outcome);
+        for (i, s) in v.steps.iter().enumerate() {
+            per[i].push(s.elapsed.as_nanos() as f64 / 1000.0);
+        }
+    }
+    let hot = per.into_iter().map(median).collect();
+
+    let before = lines().len();
+    for _ in 0..back_to_back {
+        one_handshake(&url, &token).await;
+    }
+    let after = lines();
+    let back_to_back = trace_medians(&after[before..], plugins.len());
+
+    let before = after.len();
+    for _ in 0..sporadic {
+        // The pattern under test: a gateway that sees a handshake now and then.
+        tokio::time::sleep(gap).await;
+        one_handshake(&url, &token).await;
+    }
+    let sporadic = trace_medians(&lines()[before..], plugins.len());
+    gw.running.shutdown().await;
+    TraceReport {
+        plugins,
+        hot,
+        back_to_back,
+        sporadic,
+    }
 }

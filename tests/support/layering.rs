@@ -131,3 +131,196 @@ pub fn check(metadata: &Value) -> Vec<String> {
     }
     violations
 }
+
+// === Modules within a crate ===
+
+/// Which top-level modules of a crate each top-level module names: `crate::x` anywhere in
+/// its files (`x.rs`, or `x/` with `mod.rs`), `super::x` in a file directly under `src/`, and
+/// `crate::{a, b::c}` lists. A name that is not a module (an item `lib.rs` defines or
+/// re-exports) counts as the root, `lib`.
+pub fn module_graph(src: &std::path::Path) -> BTreeMap<String, BTreeSet<String>> {
+    let mut modules: BTreeMap<String, Vec<(std::path::PathBuf, bool)>> = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(src) else {
+        return BTreeMap::new();
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if path.is_dir() {
+            let mut files = Vec::new();
+            collect_rs(&path, &mut files);
+            modules
+                .entry(name)
+                .or_default()
+                .extend(files.into_iter().map(|f| (f, false)));
+        } else if path.extension().is_some_and(|e| e == "rs") && name != "lib" {
+            modules.entry(name).or_default().push((path, true));
+        }
+    }
+    let names: BTreeSet<String> = modules.keys().cloned().collect();
+    let mut graph = BTreeMap::new();
+    for (module, files) in &modules {
+        let mut uses = BTreeSet::new();
+        for (file, top_level) in files {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            let text = strip_comments(&text);
+            for name in referenced(&text, "crate::") {
+                uses.insert(if names.contains(&name) {
+                    name
+                } else {
+                    "lib".into()
+                });
+            }
+            if *top_level {
+                for name in referenced(&text, "super::") {
+                    uses.insert(if names.contains(&name) {
+                        name
+                    } else {
+                        "lib".into()
+                    });
+                }
+            }
+        }
+        uses.remove(module);
+        graph.insert(module.clone(), uses);
+    }
+    graph
+}
+
+fn collect_rs(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            collect_rs(&p, out);
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// The text without `//` comments (doc comments name paths that are not imports).
+fn strip_comments(text: &str) -> String {
+    text.lines()
+        .map(|l| match l.find("//") {
+            Some(i) if !l[..i].contains('"') => &l[..i],
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The first path segments after each `prefix` (`crate::x::y` → `x`; `crate::{a, b::c}` → `a`, `b`).
+fn referenced(text: &str, prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    };
+    for (i, _) in text.match_indices(prefix) {
+        // Not the tail of a longer path (`foo::crate::` does not occur; `self::super::` does).
+        if text[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        let rest = &text[i + prefix.len()..];
+        if let Some(list) = rest.strip_prefix('{') {
+            let mut depth = 0;
+            let mut item = String::new();
+            for c in list.chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        out.push(ident(item.trim()));
+                        item.clear();
+                        continue;
+                    }
+                    _ => {}
+                }
+                if depth == 0 || c != '{' {
+                    item.push(c);
+                }
+            }
+            if !item.trim().is_empty() {
+                out.push(ident(item.trim()));
+            }
+        } else {
+            out.push(ident(rest));
+        }
+    }
+    out.retain(|n| !n.is_empty() && n != "self" && n != "super");
+    out
+}
+
+/// Module cycles of a crate: every group of top-level modules that name each other in a
+/// loop (strongly connected components of more than one module), each as its sorted names.
+pub fn module_cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
+    // Tarjan's algorithm, iterative enough for a few dozen modules.
+    struct State<'a> {
+        graph: &'a BTreeMap<String, BTreeSet<String>>,
+        index: BTreeMap<&'a str, usize>,
+        low: BTreeMap<&'a str, usize>,
+        stack: Vec<&'a str>,
+        on_stack: BTreeSet<&'a str>,
+        next: usize,
+        out: Vec<Vec<String>>,
+    }
+    fn visit<'a>(s: &mut State<'a>, v: &'a str) {
+        s.index.insert(v, s.next);
+        s.low.insert(v, s.next);
+        s.next += 1;
+        s.stack.push(v);
+        s.on_stack.insert(v);
+        let graph = s.graph;
+        for w in graph.get(v).into_iter().flatten() {
+            let w = w.as_str();
+            if !graph.contains_key(w) {
+                continue;
+            }
+            if !s.index.contains_key(w) {
+                visit(s, w);
+                let lw = s.low[w];
+                let lv = s.low[v];
+                s.low.insert(v, lv.min(lw));
+            } else if s.on_stack.contains(w) {
+                let iw = s.index[w];
+                let lv = s.low[v];
+                s.low.insert(v, lv.min(iw));
+            }
+        }
+        if s.low[v] == s.index[v] {
+            let mut component = Vec::new();
+            while let Some(w) = s.stack.pop() {
+                s.on_stack.remove(w);
+                component.push(w.to_string());
+                if w == v {
+                    break;
+                }
+            }
+            if component.len() > 1 {
+                component.sort();
+                s.out.push(component);
+            }
+        }
+    }
+    let mut s = State {
+        graph,
+        index: BTreeMap::new(),
+        low: BTreeMap::new(),
+        stack: Vec::new(),
+        on_stack: BTreeSet::new(),
+        next: 0,
+        out: Vec::new(),
+    };
+    for v in graph.keys() {
+        if !s.index.contains_key(v.as_str()) {
+            visit(&mut s, v);
+        }
+    }
+    s.out
+}

@@ -65,7 +65,7 @@ pub fn limits(deadline_ms: u64) -> RuntimeSettings {
         deadline_ms,
         memory_mib: 32,
         host_call_timeout_ms: 2_000,
-        call_timeout_ms: 2_000 + deadline_ms,
+        call_timeout_ms: Some(2_000 + deadline_ms),
         cache_dir: None,
         max_idle_instances: 4,
         ..RuntimeSettings::default()
@@ -102,6 +102,7 @@ pub fn spec_reading_credentials(name: &str, path: &str, config: serde_json::Valu
 
 pub mod bench;
 pub mod client;
+pub mod floor;
 pub mod layering;
 pub mod nats;
 pub mod policies;

@@ -1,21 +1,52 @@
-//! Test guest that misbehaves on purpose, bound directly with wit-bindgen (no SDK). Its
-//! configuration is `{"mode": M}` with M one of `loop`, `grow`, `trap`, `recurse`, `panic`,
-//! `sleep` (block in a WASI clock for a minute), `hold` (keep 60 MiB allocated for the
+//! Test guest that misbehaves on purpose, bound directly with wit-bindgen (no SDK), on contract
+//! 0.3. Its configuration is `{"mode": M}` with M one of `loop`, `grow`, `trap`, `recurse`,
+//! `panic`, `sleep` (block in a WASI clock for a minute), `hold` (keep 60 MiB allocated for the
 //! instance's life, then decide after a short sleep so calls overlap), `handles` (ask for
-//! credential handles without end) or `ok`, optionally prefixed with `configure:` to misbehave
-//! during `configure` instead of `authenticate`.
+//! credential handles without end), `stale` (keep a credentials handle from one call and read
+//! the token through it in the next, after creating three fresh handles; the token read goes
+//! into the identity's `read` attribute) or `ok`, optionally prefixed with `configure:` to
+//! misbehave during `configure` instead of `authenticate`.
 
-#![allow(unsafe_code)] // wit-bindgen's generated glue
+#![allow(unsafe_code)] // wit-bindgen's generated glue; the stale handle is forged on purpose
 
 wit_bindgen::generate!({ path: "../../../wit", world: "auth-plugin" });
 
 use exports::trustgate::auth::plugin::Guest;
-use std::cell::RefCell;
-use trustgate::auth::types::{Decision, Established, Identity, Request};
+use std::cell::{Cell, RefCell};
+use trustgate::auth::host;
+use trustgate::auth::types::{
+    Credentials, Decision, Established, Fact, IdentityFields, RequestFields, Wants,
+};
 
 thread_local! {
     static MODE: RefCell<String> = const { RefCell::new(String::new()) };
     static HOARD: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// `stale`: the raw number of a credentials handle kept from an earlier call.
+    static KEPT: Cell<Option<u32>> = const { Cell::new(None) };
+}
+
+/// `stale`: the first call keeps its handle's number; every later call reads through it after
+/// creating fresh handles (what it reads, if the host lets it, is the identity's `read`).
+fn stale() -> String {
+    match KEPT.with(Cell::get) {
+        None => {
+            let creds = host::presented_credentials();
+            KEPT.with(|k| k.set(Some(creds.take_handle())));
+            "kept".into()
+        }
+        Some(raw) => {
+            let fresh: Vec<Credentials> = (0..3).map(|_| host::presented_credentials()).collect();
+            // SAFETY: deliberately forged from a number the guest kept; the host must refuse it.
+            let old = unsafe { Credentials::from_handle(raw) };
+            let read = match old.token() {
+                Ok(t) => format!("token:{t}"),
+                Err(e) => format!("error:{e:?}"),
+            };
+            std::mem::forget(old);
+            drop(fresh);
+            read
+        }
+    }
 }
 
 fn misbehave(mode: &str) {
@@ -72,7 +103,7 @@ fn recurse(n: u64) -> u64 {
 struct Hostile;
 
 impl Guest for Hostile {
-    fn configure(config: String) -> Result<(), String> {
+    fn configure(config: String) -> Result<Wants, String> {
         let value: serde_json::Value =
             serde_json::from_str(&config).map_err(|e| format!("config: {e}"))?;
         let mode = value
@@ -84,16 +115,28 @@ impl Guest for Hostile {
             misbehave(m);
         }
         MODE.with(|s| *s.borrow_mut() = mode);
-        Ok(())
+        Ok(Wants {
+            methods: vec![],
+            request: RequestFields::empty(),
+            so_far: IdentityFields::empty(),
+            attributes: vec![],
+            verification: None,
+            template: None,
+        })
     }
 
-    fn authenticate(request: &Request, _so_far: Option<&Identity>) -> Decision {
+    fn authenticate(_facts: Vec<Fact>) -> Decision {
+        let mut attributes = vec![];
         MODE.with(|s| {
-            if s.borrow().as_str() == "handles" {
-                let mut kept = Vec::new();
-                loop {
-                    kept.push(request.credentials());
+            match s.borrow().as_str() {
+                "handles" => {
+                    let mut kept = Vec::new();
+                    loop {
+                        kept.push(host::presented_credentials());
+                    }
                 }
+                "stale" => attributes.push(("read".to_string(), stale())),
+                _ => {}
             }
             misbehave(&s.borrow())
         });
@@ -101,7 +144,7 @@ impl Guest for Hostile {
             subject: "hostile:ok".into(),
             method: "test".into(),
             groups: vec![],
-            attributes: vec![],
+            attributes,
             roles: vec!["worker".into()],
             scopes: vec![],
             expires_at_ms: None,

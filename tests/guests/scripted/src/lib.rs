@@ -1,11 +1,29 @@
 //! Test guest whose decision is scripted by its configuration; built with the plugin SDK
-//! (contract 0.2).
+//! (contract 0.3, and again against 0.2 and 0.1 for the compatibility tests).
 
 use serde::Deserialize;
 use trustgate_plugin_sdk::{
     Decision, Denial, DenyCode, Established, Identity, LogLevel, Narrowing, Plugin, Request,
-    ReviewError, SecretError, log,
+    ReviewError, ReviewSpec, SecretError, Verification, log,
 };
+
+/// A TokenReview for the `trustgate` audience with the `extra` keys named.
+fn review_of(extra: &[&str]) -> Verification {
+    Verification::TokenReview(ReviewSpec {
+        audiences: vec!["trustgate".into()],
+        extra: extra.iter().map(|k| k.to_string()).collect(),
+        extra_values: true,
+        ..ReviewSpec::default()
+    })
+}
+
+/// A local JWT verification for the `trustgate` audience.
+fn jwt() -> Verification {
+    Verification::KubernetesJwt(ReviewSpec {
+        audiences: vec!["trustgate".into()],
+        ..ReviewSpec::default()
+    })
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -184,16 +202,14 @@ impl Plugin for Scripted {
                         std::hint::black_box(request.credentials());
                     }
                     "review" => {
-                        let r = request.credentials().review(&["trustgate".to_string()]);
-                        std::hint::black_box(r.map(|r| r.authenticated()).ok());
+                        let r = request.verify(&review_of(&[]));
+                        std::hint::black_box(r.map(|r| r.authenticated).ok());
                     }
                     "extra" => {
-                        let r = request
-                            .credentials()
-                            .review(&["trustgate".to_string()])
-                            .ok();
+                        let keys = ["a/pod-name", "a/pod-uid", "a/node-name"];
+                        let r = request.verify(&review_of(&keys)).ok();
                         if let Some(r) = r {
-                            for k in ["a/pod-name", "a/pod-uid", "a/node-name"] {
+                            for k in keys {
                                 std::hint::black_box(r.extra_first(k));
                             }
                         }
@@ -262,7 +278,7 @@ impl Plugin for Scripted {
                 },
                 method: request.method().to_string(),
                 groups: c.groups.clone(),
-                attributes: std::iter::once(("client-id".into(), request.client().id))
+                attributes: std::iter::once(("client-id".into(), request.client().id.clone()))
                     .chain(c.attributes.clone())
                     .collect(),
                 roles: c.roles.clone(),
@@ -281,7 +297,7 @@ impl Plugin for Scripted {
                 message: "scripted denial".into(),
                 retry_after_ms: c.retry_after_ms,
             }),
-            "review" => match request.credentials().review(&["trustgate".to_string()]) {
+            "review" => match request.verify(&review_of(&[])) {
                 Ok(_) => Decision::Abstain,
                 Err(ReviewError::NotConfigured(m)) => {
                     trustgate_plugin_sdk::deny_unavailable("not-configured", m)
@@ -291,9 +307,14 @@ impl Plugin for Scripted {
             "echo-so-far" => match so_far {
                 Some(id) => Decision::allow(Established {
                     subject: id.subject().to_string(),
-                    method: id.method(),
-                    groups: id.groups().into_iter().chain(c.groups.clone()).collect(),
-                    attributes: id.attributes(),
+                    method: id.method().to_string(),
+                    groups: id
+                        .groups()
+                        .iter()
+                        .cloned()
+                        .chain(c.groups.clone())
+                        .collect(),
+                    attributes: id.attributes().to_vec(),
                     roles: c.roles.clone(),
                     scopes: c.scopes.clone(),
                     expires_at_ms: id.expires_at_ms(),
@@ -310,12 +331,12 @@ impl Plugin for Scripted {
             }),
             "probe" => {
                 let creds = request.credentials();
-                let review = match creds.review(&["trustgate".to_string()]) {
-                    Ok(r) => format!("ok:{}", r.username()),
+                let review = match request.verify(&review_of(&[])) {
+                    Ok(r) => format!("ok:{}", r.username),
                     Err(e) => format!("err:{e:?}"),
                 };
-                let jwt = match creds.verify_jwt(&["trustgate".to_string()]) {
-                    Ok(r) => format!("ok:{}", r.username()),
+                let jwt = match request.verify(&jwt()) {
+                    Ok(r) => format!("ok:{}", r.username),
                     Err(e) => format!("err:{e:?}"),
                 };
                 let client = request.client();
@@ -324,10 +345,10 @@ impl Plugin for Scripted {
                 id.attributes = vec![
                     ("token".into(), probe_secret(creds.token())),
                     ("device-token".into(), probe_secret(creds.device_token())),
-                    ("has-token".into(), creds.has_token().to_string()),
+                    ("has-token".into(), request.has_token().to_string()),
                     (
                         "has-device-token".into(),
-                        creds.has_device_token().to_string(),
+                        request.has_device_token().to_string(),
                     ),
                     ("method".into(), creds.method()),
                     ("review".into(), review),

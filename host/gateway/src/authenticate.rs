@@ -13,13 +13,12 @@ use serde_json::json;
 use trustgate_protocol::DEVICE_TOKEN_METHOD as DEVICE_METHOD;
 use trustgate_protocol::{AuthParams, ClientInfo, ErrorBody, ErrorCode, Pairing, Role};
 use trustgate_runtime::{
-    CachePolicy, Credentials, Device, Identity, Outcome, Peer, PluginFailure, Request, Step,
-    StepKind, escape_text,
+    CachePolicy, Credentials, Denial, DenyCode, Device, Identity, Outcome, Peer, PluginFailure,
+    Request, Step, StepKind, escape_text,
 };
 
-use crate::GatewayState;
-use crate::connection::deny_code;
 use crate::pairing_store::{DeviceRecord, DeviceToken, PairingError, TokenRefusal};
+use crate::state::GatewayState;
 
 /// Everything `connect` (or `reauth`) presented, with the device proof already verified.
 pub(crate) struct Attempt<'a> {
@@ -267,7 +266,7 @@ pub(crate) async fn authenticate(
         }
         Err(Fallback::Pair(mut p)) => {
             p.trace = trace;
-            Decision::PairingRequired(p)
+            Decision::PairingRequired(*p)
         }
     }
 }
@@ -275,7 +274,8 @@ pub(crate) async fn authenticate(
 /// Why [`decide`] stopped short of an identity.
 enum Fallback {
     Refused(Refusal),
-    Pair(PairingRequired),
+    /// Boxed: far larger than a refusal, and rare.
+    Pair(Box<PairingRequired>),
 }
 
 impl From<Refusal> for Fallback {
@@ -284,66 +284,81 @@ impl From<Refusal> for Fallback {
     }
 }
 
+/// What the peer presented, read once.
+struct Presented<'a> {
+    /// `auth.method` (`none` without `auth`).
+    method: &'a str,
+    /// `auth.deviceToken`.
+    device_token: Option<&'a str>,
+}
+
+/// A paired device that stands for the peer before the chain runs.
+struct Seed {
+    record: DeviceRecord,
+    /// The token it logged in with (`None`: it proved itself by signature).
+    token: Option<DeviceToken>,
+}
+
+/// The steps of a decision, in order; each either hands its result to the next or stops with
+/// the refusal (or the pairing fallback) that ends the attempt.
 async fn decide(
     state: &GatewayState,
     attempt: &Attempt<'_>,
     cache: CachePolicy,
     trace: &mut Trace,
 ) -> Result<Authenticated, Fallback> {
-    let method = attempt.auth.map(|a| a.method.as_str()).unwrap_or("none");
+    let presented = read_credentials(attempt)?;
+    let seed = paired_device(state, attempt, &presented)?;
+    let (identity, first_allow) =
+        run_chain(state, attempt, &presented, seed.as_ref(), cache, trace).await?;
+    check_role_and_scopes(attempt, &identity)?;
+    let (pairing, signed_in_device, device_id, presented_token) =
+        settle_pairing(state, attempt, seed, &identity)?;
+    let plugin =
+        first_allow.or_else(|| (pairing == Pairing::Paired).then(|| "gateway".to_string()));
+    Ok(Authenticated {
+        plugin,
+        role: attempt.role,
+        scopes: attempt.scopes.to_vec(),
+        identity,
+        pairing,
+        signed_in_device,
+        device_id,
+        presented_token,
+        device_token: None,
+        trace: Trace::default(),
+    })
+}
+
+/// Step 0: the credentials, refusing a combination that means two things at once.
+fn read_credentials<'a>(attempt: &Attempt<'a>) -> Result<Presented<'a>, Refusal> {
+    let method = attempt.auth.map_or("none", |a| a.method.as_str());
     let device_token = attempt.auth.and_then(|a| a.device_token.as_deref());
     if device_token.is_some() && attempt.auth.and_then(|a| a.token.as_ref()).is_some() {
         return Err(Refusal::new(
             ErrorCode::InvalidRequest,
             "conflicting-credentials",
             "auth.token and auth.deviceToken cannot be presented together",
-        )
-        .into());
+        ));
     }
+    Ok(Presented {
+        method,
+        device_token,
+    })
+}
 
-    // 1. A paired device stands for the peer when the peer presents no other credential.
-    let mut seeded: Option<(DeviceRecord, bool)> = None; // (device, came with a token)
-    let mut presented_token = None;
-    if let Some(token) = device_token {
-        let record = match state.pairing.device_for_token(token) {
-            Ok((record, t)) => {
-                presented_token = Some(t);
-                record
-            }
-            Err(TokenRefusal::Expired) => {
-                return Err(Refusal::new(
-                    ErrorCode::Unauthenticated,
-                    "device-token-expired",
-                    "the device token has expired; sign in with the device key for a new one",
-                )
-                .into());
-            }
-            Err(TokenRefusal::Unavailable) => {
-                return Err(Refusal {
-                    error: Box::new(
-                        ErrorBody::new(
-                            ErrorCode::Unavailable,
-                            "the pairing store is still loading; try again",
-                        )
-                        .with_details(json!({"reason": "pairing-store-unavailable"}))
-                        .with_retry_after(Some(1_000)),
-                    ),
-                    cause: "device token not in the local copy, which has not finished loading"
-                        .into(),
-                    plugin: None,
-                    trace: Trace::default(),
-                }
-                .into());
-            }
-            Err(TokenRefusal::Unknown) => {
-                return Err(Refusal::new(
-                    ErrorCode::Unauthenticated,
-                    "device-token-invalid",
-                    "the device token is unknown, revoked or superseded; pair again",
-                )
-                .into());
-            }
-        };
+/// Step 1: a paired device stands for the peer when the peer presents no other credential —
+/// by its device token, or by its verified signature on a method that carries no credential.
+fn paired_device(
+    state: &GatewayState,
+    attempt: &Attempt<'_>,
+    presented: &Presented<'_>,
+) -> Result<Option<Seed>, Refusal> {
+    if let Some(token) = presented.device_token {
+        let (record, token) = state
+            .pairing
+            .device_for_token(token)
+            .map_err(token_refusal)?;
         if let Some((id, _)) = &attempt.device
             && *id != record.id
         {
@@ -351,25 +366,100 @@ async fn decide(
                 ErrorCode::Unauthenticated,
                 "device-token-mismatch",
                 "the device token belongs to another device",
-            )
-            .into());
+            ));
         }
-        seeded = Some((record, true));
-    } else if is_device_method(method)
-        && let Some((id, _)) = &attempt.device
-        && let Some(record) = state.pairing.device(id)
-        && record.roles.contains(&attempt.role)
-    {
-        // A device approved only for other roles pairs again for this one (below).
-        seeded = Some((record, false));
+        return Ok(Some(Seed {
+            record,
+            token: Some(token),
+        }));
     }
+    // A device approved only for other roles pairs again for this one (step 4).
+    Ok(
+        if is_device_method(presented.method)
+            && let Some((id, _)) = &attempt.device
+            && let Some(record) = state.pairing.device(id)
+            && record.roles.contains(&attempt.role)
+        {
+            Some(Seed {
+                record,
+                token: None,
+            })
+        } else {
+            None
+        },
+    )
+}
 
-    // 2. The plugin chain.
-    let request = Arc::new(Request {
+/// Why a presented device token stands for no device.
+fn token_refusal(refusal: TokenRefusal) -> Refusal {
+    match refusal {
+        TokenRefusal::Expired => Refusal::new(
+            ErrorCode::Unauthenticated,
+            "device-token-expired",
+            "the device token has expired; sign in with the device key for a new one",
+        ),
+        TokenRefusal::Unavailable => Refusal {
+            error: Box::new(
+                ErrorBody::new(
+                    ErrorCode::Unavailable,
+                    "the pairing store is still loading; try again",
+                )
+                .with_details(json!({"reason": "pairing-store-unavailable"}))
+                .with_retry_after(Some(1_000)),
+            ),
+            cause: "device token not in the local copy, which has not finished loading".into(),
+            plugin: None,
+            trace: Trace::default(),
+        },
+        TokenRefusal::Unknown => Refusal::new(
+            ErrorCode::Unauthenticated,
+            "device-token-invalid",
+            "the device token is unknown, revoked or superseded; pair again",
+        ),
+    }
+}
+
+/// Step 2: the plugin chain, seeded with the paired device's identity. Returns the identity
+/// and the first plugin that allowed; records the steps in the metrics and the trace.
+async fn run_chain(
+    state: &GatewayState,
+    attempt: &Attempt<'_>,
+    presented: &Presented<'_>,
+    seed: Option<&Seed>,
+    cache: CachePolicy,
+    trace: &mut Trace,
+) -> Result<(Identity, Option<String>), Fallback> {
+    let request = Arc::new(chain_request(attempt, presented));
+    let seeded = seed.map(|s| device_identity(&s.record, s.token.as_ref()));
+    let verdict = state.chain().evaluate(&request, seeded, cache).await;
+    let (deny, failure) = match &verdict.outcome {
+        Outcome::Denied { denial, .. } => (Some(deny_code(denial.code).as_str()), None),
+        Outcome::Failed { failure, .. } => (None, Some(failure.cause())),
+        _ => (None, None),
+    };
+    state.metrics.record_steps(&verdict.steps, deny, failure);
+    trace.steps = verdict.steps;
+    trace.subject = verdict.subject;
+    let first_allow = trace
+        .steps
+        .iter()
+        .find(|s| s.kind == StepKind::Allow)
+        .map(|s| s.plugin.clone());
+    match verdict.outcome {
+        Outcome::Allowed(identity) => Ok((identity, first_allow)),
+        Outcome::Denied { plugin, denial } => Err(denied(plugin, &denial).into()),
+        Outcome::Failed { plugin, failure } => Err(failed(plugin, &failure).into()),
+        Outcome::NoDecision => Err(undecided(attempt, presented)),
+    }
+}
+
+/// What the chain sees of the attempt.
+fn chain_request(attempt: &Attempt<'_>, presented: &Presented<'_>) -> Request {
+    Request {
         credentials: Credentials {
-            method: method.to_string(),
+            method: presented.method.to_string(),
             token: attempt.auth.and_then(|a| a.token.clone()),
-            device_token: device_token.map(str::to_string),
+            device_token: presented.device_token.map(str::to_string),
         },
         device: attempt.device.as_ref().map(|(id, pk)| Device {
             id: id.clone(),
@@ -386,113 +476,84 @@ async fn decide(
         },
         role: attempt.role.as_str().to_string(),
         scopes: attempt.scopes.to_vec(),
-    });
-    let chain = state.chain();
-    let verdict = chain
-        .evaluate(
-            &request,
-            seeded
-                .as_ref()
-                .map(|(r, _)| device_identity(r, presented_token.as_ref())),
-            cache,
-        )
-        .await;
-    let (deny, failure) = match &verdict.outcome {
-        Outcome::Denied { denial, .. } => (Some(deny_code(denial.code).as_str()), None),
-        Outcome::Failed { failure, .. } => (None, Some(failure.cause())),
-        _ => (None, None),
-    };
-    state.metrics.record_steps(&verdict.steps, deny, failure);
-    trace.steps = verdict.steps.clone();
-    trace.subject = verdict.subject.clone();
-    let first_allow = verdict
-        .steps
-        .iter()
-        .find(|s| s.kind == StepKind::Allow)
-        .map(|s| s.plugin.clone());
-    let identity = match verdict.outcome {
-        Outcome::Allowed(identity) => identity,
-        Outcome::Denied { plugin, denial } => {
-            let code = deny_code(denial.code);
-            let mut error = ErrorBody::new(code, format!("denied by auth plugin `{plugin}`"))
-                .with_details(json!({ "reason": denial.reason, "plugin": plugin }))
-                .with_retry_after(denial.retry_after_ms.map(u64::from));
-            if code.retryable() && error.retry_after_ms.is_none() {
-                error.retry_after_ms = Some(1_000);
-            }
-            return Err(Refusal {
-                error: Box::new(error),
-                cause: format!(
-                    "plugin `{plugin}` denied ({}): {}",
-                    denial.reason,
-                    escape_text(&denial.message)
-                ),
-                plugin: Some(plugin),
-                trace: Trace::default(),
-            }
-            .into());
-        }
-        // Load, not a verdict on the peer: the client may retry.
-        Outcome::Failed {
-            plugin,
-            failure: failure @ PluginFailure::Busy,
-        } => {
-            return Err(Refusal {
-                error: Box::new(
-                    ErrorBody::new(
-                        ErrorCode::Unavailable,
-                        format!("auth plugin `{plugin}` is busy; try again"),
-                    )
-                    .with_details(json!({ "plugin": plugin, "reason": "plugin-busy" }))
-                    .with_retry_after(Some(1_000)),
-                ),
-                cause: format!("plugin `{plugin}` {failure}"),
-                plugin: Some(plugin),
-                trace: Trace::default(),
-            }
-            .into());
-        }
-        Outcome::Failed { plugin, failure } => {
-            return Err(Refusal {
-                error: Box::new(
-                    ErrorBody::new(
-                        ErrorCode::PluginFailed,
-                        format!("auth plugin `{plugin}` failed; access denied"),
-                    )
-                    .with_details(json!({ "plugin": plugin, "reason": failure.cause() })),
-                ),
-                cause: format!("plugin `{plugin}` {failure}"),
-                plugin: Some(plugin),
-                trace: Trace::default(),
-            }
-            .into());
-        }
-        Outcome::NoDecision => {
-            return Err(match &attempt.device {
-                Some((id, pk)) if is_device_method(method) => Fallback::Pair(PairingRequired {
-                    device_id: id.clone(),
-                    public_key: pk.clone(),
-                    message: "this device is not paired; an operator must approve the request",
-                    cause: "no plugin decided".into(),
-                    trace: Trace::default(),
-                }),
-                _ if method == "none" => Refusal::new(
-                    ErrorCode::Unauthenticated,
-                    "no-credentials",
-                    "no credentials presented: send auth or a device identity",
-                )
-                .into(),
-                _ => Refusal::new(
-                    ErrorCode::Unauthenticated,
-                    "credentials-not-accepted",
-                    "no auth plugin accepted the credentials of this `auth.method`",
-                )
-                .into(),
-            });
-        }
-    };
+    }
+}
 
-    // 3. Role and scopes: only what the identity allows.
+/// A plugin's denial, as the client and the log see it.
+fn denied(plugin: String, denial: &Denial) -> Refusal {
+    let code = deny_code(denial.code);
+    let mut error = ErrorBody::new(code, format!("denied by auth plugin `{plugin}`"))
+        .with_details(json!({ "reason": denial.reason, "plugin": plugin }))
+        .with_retry_after(denial.retry_after_ms.map(u64::from));
+    if code.retryable() && error.retry_after_ms.is_none() {
+        error.retry_after_ms = Some(1_000);
+    }
+    Refusal {
+        error: Box::new(error),
+        cause: format!(
+            "plugin `{plugin}` denied ({}): {}",
+            denial.reason,
+            escape_text(&denial.message)
+        ),
+        plugin: Some(plugin),
+        trace: Trace::default(),
+    }
+}
+
+/// A plugin that failed: load (busy) the client may retry; anything else denies access.
+fn failed(plugin: String, failure: &PluginFailure) -> Refusal {
+    let error = if matches!(failure, PluginFailure::Busy) {
+        ErrorBody::new(
+            ErrorCode::Unavailable,
+            format!("auth plugin `{plugin}` is busy; try again"),
+        )
+        .with_details(json!({ "plugin": plugin, "reason": "plugin-busy" }))
+        .with_retry_after(Some(1_000))
+    } else {
+        ErrorBody::new(
+            ErrorCode::PluginFailed,
+            format!("auth plugin `{plugin}` failed; access denied"),
+        )
+        .with_details(json!({ "plugin": plugin, "reason": failure.cause() }))
+    };
+    Refusal {
+        error: Box::new(error),
+        cause: format!("plugin `{plugin}` {failure}"),
+        plugin: Some(plugin),
+        trace: Trace::default(),
+    }
+}
+
+/// No plugin decided: a device on a credential-less method pairs; otherwise a refusal that
+/// says whether anything was presented at all.
+fn undecided(attempt: &Attempt<'_>, presented: &Presented<'_>) -> Fallback {
+    match &attempt.device {
+        Some((id, pk)) if is_device_method(presented.method) => {
+            Fallback::Pair(Box::new(PairingRequired {
+                device_id: id.clone(),
+                public_key: pk.clone(),
+                message: "this device is not paired; an operator must approve the request",
+                cause: "no plugin decided".into(),
+                trace: Trace::default(),
+            }))
+        }
+        _ if presented.method == "none" => Refusal::new(
+            ErrorCode::Unauthenticated,
+            "no-credentials",
+            "no credentials presented: send auth or a device identity",
+        )
+        .into(),
+        _ => Refusal::new(
+            ErrorCode::Unauthenticated,
+            "credentials-not-accepted",
+            "no auth plugin accepted the credentials of this `auth.method`",
+        )
+        .into(),
+    }
+}
+
+/// Step 3: the role and the scopes asked for must be ones the identity allows.
+fn check_role_and_scopes(attempt: &Attempt<'_>, identity: &Identity) -> Result<(), Refusal> {
     if !identity.roles.iter().any(|r| r == attempt.role.as_str()) {
         return Err(Refusal::new(
             ErrorCode::Forbidden,
@@ -502,8 +563,7 @@ async fn decide(
                 identity.subject,
                 attempt.role.as_str()
             ),
-        )
-        .into());
+        ));
     }
     if let Some(i) = attempt
         .scopes
@@ -518,58 +578,59 @@ async fn decide(
                 "`{}` may not hold the scope at `params.scopes[{i}]`",
                 identity.subject
             ),
+        ));
+    }
+    Ok(())
+}
+
+/// How the peer stands with pairing: `(pairing, signed-in device, device, presented token)`.
+type Settled = (Pairing, Option<String>, Option<String>, Option<DeviceToken>);
+
+/// Step 4: pairing is skipped only when a plugin said so; otherwise a paired device is needed.
+fn settle_pairing(
+    state: &GatewayState,
+    attempt: &Attempt<'_>,
+    seed: Option<Seed>,
+    identity: &Identity,
+) -> Result<Settled, Fallback> {
+    if let Some(Seed { record, token }) = seed {
+        let signed_in = token.is_none().then(|| record.id.clone());
+        return Ok((Pairing::Paired, signed_in, Some(record.id), token));
+    }
+    if identity.skip_pairing {
+        return Ok((Pairing::Skipped, None, None, None));
+    }
+    let Some((id, pk)) = &attempt.device else {
+        return Err(Refusal::new(
+            ErrorCode::Unauthenticated,
+            "device-required",
+            format!(
+                "`{}` may not skip pairing: present a device identity to pair",
+                identity.subject
+            ),
         )
         .into());
-    }
-
-    // 4. Pairing: skipped only when a plugin said so; otherwise a paired device is needed.
-    let (pairing, signed_in_device, device_id) = match seeded {
-        Some((record, with_token)) => (
-            Pairing::Paired,
-            (!with_token).then(|| record.id.clone()),
-            Some(record.id),
-        ),
-        None if identity.skip_pairing => (Pairing::Skipped, None, None),
-        None => match &attempt.device {
-            Some((id, pk)) => match state.pairing.device(id) {
-                Some(record) if record.roles.contains(&attempt.role) => {
-                    (Pairing::Paired, None, Some(record.id))
-                }
-                _ => {
-                    return Err(Fallback::Pair(PairingRequired {
-                        device_id: id.clone(),
-                        public_key: pk.clone(),
-                        message: "this identity may not skip pairing and its device is not paired",
-                        cause: format!("{} may not skip pairing", identity.subject),
-                        trace: Trace::default(),
-                    }));
-                }
-            },
-            None => {
-                return Err(Refusal::new(
-                    ErrorCode::Unauthenticated,
-                    "device-required",
-                    format!(
-                        "`{}` may not skip pairing: present a device identity to pair",
-                        identity.subject
-                    ),
-                )
-                .into());
-            }
-        },
     };
-    let plugin =
-        first_allow.or_else(|| (pairing == Pairing::Paired).then(|| "gateway".to_string()));
-    Ok(Authenticated {
-        plugin,
-        role: attempt.role,
-        scopes: attempt.scopes.to_vec(),
-        identity,
-        pairing,
-        signed_in_device,
-        device_id,
-        presented_token,
-        device_token: None,
-        trace: Trace::default(),
-    })
+    match state.pairing.device(id) {
+        Some(record) if record.roles.contains(&attempt.role) => {
+            Ok((Pairing::Paired, None, Some(record.id), None))
+        }
+        _ => Err(Fallback::Pair(Box::new(PairingRequired {
+            device_id: id.clone(),
+            public_key: pk.clone(),
+            message: "this identity may not skip pairing and its device is not paired",
+            cause: format!("{} may not skip pairing", identity.subject),
+            trace: Trace::default(),
+        }))),
+    }
+}
+
+/// The protocol code a plugin's denial becomes.
+pub(crate) fn deny_code(code: DenyCode) -> ErrorCode {
+    match code {
+        DenyCode::Unauthenticated => ErrorCode::Unauthenticated,
+        DenyCode::Forbidden => ErrorCode::Forbidden,
+        DenyCode::Unavailable => ErrorCode::Unavailable,
+        DenyCode::RateLimited => ErrorCode::RateLimited,
+    }
 }

@@ -13,13 +13,17 @@ use std::time::Duration;
 use trustgate_protocol::{AuthParams, ClientInfo, ErrorBody, Pairing, Role};
 use trustgate_runtime::{CachePolicy, HostServices, Runtime, Step};
 
+use crate::audit::{Audit, AuditOutput};
 use crate::authenticate::{Attempt, Decision, authenticate};
-use crate::cluster::{Nats, load_devices_read_only};
-use crate::pairing_store::PairingError;
-use crate::{
-    Audit, AuditOutput, Config, GatewayState, KubeServices, LoadedChain, Metrics, NO_KUBERNETES,
-    PairingStore, Sessions, StartError, StateBackend,
-};
+use crate::cluster::{Nats, StateBackend};
+use crate::config::Config;
+use crate::error::StartError;
+use crate::kube_services::{KubeServices, NO_KUBERNETES};
+use crate::metrics::Metrics;
+use crate::pairing_store::PairingStore;
+use crate::pairing_store::{PairingError, load_devices_read_only};
+use crate::registry::Sessions;
+use crate::state::{GatewayState, LoadedChain};
 
 /// What a client presents, for [`explain`].
 #[derive(Debug, Clone)]
@@ -125,7 +129,8 @@ pub async fn explain(config: &Config, input: &ExplainInput) -> Result<Explanatio
     let state = GatewayState {
         limits: config.limits.clone(),
         pairing,
-        sessions: Sessions::default(),
+        sessions: Arc::new(Sessions::default()),
+        replicated: None,
         slots: crate::admission::SessionSlots::new(config.limits.max_connections),
         connections: AtomicUsize::new(0),
         preauth: Arc::new(crate::preauth::PreAuth::new(&config.limits)),

@@ -17,8 +17,10 @@ mod authenticate;
 pub mod cluster;
 pub mod config;
 mod connection;
+mod error;
 mod explain;
 pub mod fsutil;
+mod invoke;
 mod kube_services;
 pub mod lifecycle;
 mod limits;
@@ -28,6 +30,8 @@ pub mod pairing_store;
 mod preauth;
 pub mod registry;
 mod reload;
+mod replica;
+mod state;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -43,6 +47,7 @@ pub use admin::AdminSettings;
 pub use audit::{Audit, AuditOutput, AuditRecord, AuditSettings};
 pub use cluster::{ClusterError, ClusterSettings, StateBackend};
 pub use config::{Config, ConfigError};
+pub use error::StartError;
 pub use explain::{ExplainInput, ExplainOutcome, Explanation, explain};
 pub use kube_services::{KubeServices, NO_KUBERNETES};
 pub use limits::ProtocolLimits;
@@ -54,136 +59,9 @@ pub use pairing_store::{
 };
 pub use registry::{SessionInfo, Sessions};
 pub use reload::Reloader;
+pub use state::{GatewayState, LoadedChain};
 
-use trustgate_runtime::{Chain, HostServices, Runtime, RuntimeError, WasmPlugin};
-
-/// The loaded auth chain and its plugins.
-#[derive(Debug, Clone)]
-pub struct LoadedChain {
-    /// The chain.
-    pub chain: Arc<Chain>,
-    /// Its plugins, in order.
-    pub plugins: Vec<Arc<WasmPlugin>>,
-}
-
-/// State shared by every connection.
-pub struct GatewayState {
-    pub(crate) limits: ProtocolLimits,
-    pub(crate) pairing: PairingStore,
-    pub(crate) sessions: Sessions,
-    /// `limits.max_connections`, as slots taken before the chain runs.
-    pub(crate) slots: Arc<admission::SessionSlots>,
-    pub(crate) connections: AtomicUsize,
-    /// What unauthenticated peers may spend (sockets, failed handshakes).
-    pub(crate) preauth: Arc<preauth::PreAuth>,
-    chain: RwLock<LoadedChain>,
-    admin_token: String,
-    pub(crate) metrics: Metrics,
-    pub(crate) audit: Audit,
-    /// The NATS cluster this replica belongs to (`[cluster] backend = "nats"`).
-    pub(crate) cluster: Option<Arc<cluster::Nats>>,
-    /// Set when the gateway drains (SIGTERM): handshakes in progress close with 1012 too.
-    pub(crate) draining: watch::Sender<bool>,
-}
-
-impl std::fmt::Debug for GatewayState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GatewayState")
-            .field("limits", &self.limits)
-            .finish_non_exhaustive()
-    }
-}
-
-impl GatewayState {
-    /// Waits until this replica's copy of the shared pairing state is loaded (at once without
-    /// a cluster).
-    pub async fn cluster_synced(&self) {
-        self.pairing.wait_synced().await;
-    }
-
-    /// The chain new handshakes use.
-    pub fn chain(&self) -> Arc<Chain> {
-        self.chain
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .chain
-            .clone()
-    }
-
-    /// The loaded plugins.
-    pub fn plugins(&self) -> Vec<Arc<WasmPlugin>> {
-        self.chain
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .plugins
-            .clone()
-    }
-
-    /// Replaces the chain new handshakes use. Handshakes already running finish on the chain
-    /// they started with; live sessions are untouched.
-    pub fn swap_chain(&self, loaded: LoadedChain) {
-        *self.chain.write().unwrap_or_else(|p| p.into_inner()) = loaded;
-    }
-
-    /// The metrics registry.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    /// Live sessions.
-    pub fn sessions(&self) -> &Sessions {
-        &self.sessions
-    }
-
-    /// The pairing store.
-    pub fn pairing(&self) -> &PairingStore {
-        &self.pairing
-    }
-}
-
-/// Why the gateway could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The configuration (or a plugin it references) is invalid.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The plugin runtime could not be created.
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
-    /// The pairing store could not be opened.
-    #[error(transparent)]
-    Pairing(#[from] PairingError),
-    /// TLS material could not be loaded.
-    #[error(transparent)]
-    Tls(#[from] tls::TlsError),
-    /// The audit log could not be opened.
-    #[error("audit log: {0}")]
-    Audit(#[source] std::io::Error),
-    /// The admin token file could not be read or created.
-    #[error("admin token file {path}: {source}")]
-    AdminToken {
-        /// The file.
-        path: std::path::PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The Kubernetes client could not be set up.
-    #[error(transparent)]
-    Kubernetes(#[from] trustgate_k8s::SetupError),
-    /// The NATS client could not be set up.
-    #[error(transparent)]
-    Cluster(#[from] ClusterError),
-    /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-}
+use trustgate_runtime::{HostServices, Runtime};
 
 /// A running gateway. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
@@ -269,19 +147,6 @@ impl Running {
     }
 }
 
-/// Logs the loaded chain: each plugin, its contract, and whether it can read credentials.
-pub(crate) fn log_chain(plugins: &[Arc<WasmPlugin>]) {
-    for p in plugins {
-        info!(
-            plugin = p.name(),
-            contract = %p.contract(),
-            reads_credentials = p.reads_credentials(),
-            sha256 = p.sha256(),
-            "auth plugin loaded"
-        );
-    }
-}
-
 /// Starts a gateway from a configuration; `[kubernetes]` decides what stands behind the
 /// plugins' TokenReview and JWT host calls.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
@@ -310,7 +175,7 @@ async fn start_inner(
     tls::install_crypto_provider();
     let runtime = Runtime::new(config.plugins.clone(), services.clone())?;
     let (chain, plugins) = config.load_chain(&runtime).await?;
-    log_chain(&plugins);
+    state::log_chain(&plugins);
     let cluster = match config.cluster.backend {
         StateBackend::Nats => Some(
             cluster::Nats::new(
@@ -325,7 +190,11 @@ async fn start_inner(
         Some(nats) => PairingStore::open_nats(nats.clone(), &config.pairing),
         None => PairingStore::open(&config.pairing_store(), &config.pairing)?,
     };
-    let admin_token = admin::load_token(&config.admin_token_file())?;
+    let token_file = config.admin_token_file();
+    let admin_token = admin::load_token(&token_file).map_err(|source| StartError::AdminToken {
+        path: token_file.clone(),
+        source,
+    })?;
     let acceptor = match &config.gateway.tls {
         Some(t) => Some(tls::acceptor(&t.cert_file, &t.key_file)?),
         None => None,
@@ -333,7 +202,10 @@ async fn start_inner(
     let state = Arc::new(GatewayState {
         limits: config.limits.clone(),
         pairing,
-        sessions: Sessions::default(),
+        sessions: Arc::new(Sessions::default()),
+        replicated: cluster
+            .as_ref()
+            .map(|nats| Arc::new(registry::Replicated::new(&nats.replica, &config.cluster))),
         slots: admission::SessionSlots::new(config.limits.max_connections),
         connections: AtomicUsize::new(0),
         preauth: Arc::new(preauth::PreAuth::new(&config.limits)),
@@ -349,7 +221,7 @@ async fn start_inner(
     });
     state
         .metrics
-        .collect_from(Arc::downgrade(&state), kubernetes.clone());
+        .collect_from(state.live_values(), kubernetes.clone());
     let bind = |addr: SocketAddr| async move {
         let listener = TcpListener::bind(addr)
             .await
@@ -371,7 +243,7 @@ async fn start_inner(
         stopped.clone(),
     ));
     if let Some(nats) = cluster {
-        tasks.spawn(cluster::run(nats, Arc::downgrade(&state), stopped.clone()));
+        tasks.spawn(replica::run(nats, Arc::downgrade(&state), stopped.clone()));
     }
     tasks.spawn(admin::serve(admin, state.clone(), stopped));
     // Not in `tasks`: it ends by itself when the state goes.

@@ -6,8 +6,8 @@ use serde::Serialize;
 use tracing::info;
 use trustgate_protocol::{CloseCode, now_ms};
 
-use crate::GatewayState;
 use crate::pairing_store::{DeviceRecord, PairingError, PendingRequest, StoreEvent};
+use crate::state::GatewayState;
 
 /// The audit record of a lifecycle event.
 #[derive(Debug, Serialize)]

@@ -11,8 +11,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::GatewayState;
 use crate::connection;
+use crate::state::GatewayState;
 
 /// `[gateway]`: where the WebSocket listener binds and where the gateway keeps its state.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -4,7 +4,7 @@
 //! values is reported as `other`).
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -14,9 +14,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::GatewayState;
 use trustgate_k8s::Kubernetes;
-use trustgate_runtime::{Step, StepKind};
+use trustgate_runtime::{Step, StepKind, WasmPlugin};
 
 type Labels = Vec<(String, String)>;
 
@@ -122,9 +121,10 @@ impl Metrics {
         }
     }
 
-    /// Adds the collector of live values (sessions, pairing, Kubernetes client counters).
-    pub(crate) fn collect_from(&self, state: Weak<GatewayState>, kube: Option<Arc<Kubernetes>>) {
-        let collector = StateCollector { state, kube };
+    /// Adds the collector of live values (sessions, plugins, pairing, Kubernetes client
+    /// counters), read from `live` at each scrape.
+    pub(crate) fn collect_from(&self, live: LiveSource, kube: Option<Arc<Kubernetes>>) {
+        let collector = StateCollector { live, kube };
         self.registry
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -225,10 +225,31 @@ impl Metrics {
     }
 }
 
-#[derive(Debug)]
+/// What `/metrics` reports of the gateway's live state, read at each scrape.
+pub(crate) struct Live {
+    /// Each live session's role and (capped) method label.
+    pub(crate) sessions: Vec<(&'static str, String)>,
+    /// The loaded plugins.
+    pub(crate) plugins: Vec<Arc<WasmPlugin>>,
+    /// Sockets not yet past `hello-ok`.
+    pub(crate) unauthenticated: usize,
+    /// Pending pairing requests.
+    pub(crate) pending: usize,
+}
+
+/// Reads the live values; `None` once the gateway is gone. A function rather than the state
+/// itself, so that metrics sit below the state that owns them.
+pub(crate) type LiveSource = Box<dyn Fn() -> Option<Live> + Send + Sync>;
+
 struct StateCollector {
-    state: Weak<GatewayState>,
+    live: LiveSource,
     kube: Option<Arc<Kubernetes>>,
+}
+
+impl std::fmt::Debug for StateCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateCollector").finish_non_exhaustive()
+    }
 }
 
 fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
@@ -239,14 +260,10 @@ fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> s
 
 impl Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        if let Some(state) = self.state.upgrade() {
-            let mut by: std::collections::BTreeMap<(String, String), i64> = Default::default();
-            for s in state.sessions.list() {
-                *by.entry((
-                    s.role.as_str().to_string(),
-                    state.metrics.method_label(&s.method),
-                ))
-                .or_default() += 1;
+        if let Some(live) = (self.live)() {
+            let mut by: std::collections::BTreeMap<(&str, String), i64> = Default::default();
+            for key in live.sessions {
+                *by.entry(key).or_default() += 1;
             }
             let g = ConstGauge::new(0i64);
             let mut family = encoder.encode_descriptor(
@@ -256,10 +273,10 @@ impl Collector for StateCollector {
                 g.metric_type(),
             )?;
             for ((role, method), n) in by {
-                let l = labels(&[("role", &role), ("method", &method)]);
+                let l = labels(&[("role", role), ("method", &method)]);
                 ConstGauge::new(n).encode(family.encode_family(&l)?)?;
             }
-            let plugins = state.plugins();
+            let plugins = live.plugins;
             let c = ConstCounter::new(0u64);
             let mut family = encoder.encode_descriptor(
                 "plugin_log_dropped_bytes",
@@ -285,7 +302,7 @@ impl Collector for StateCollector {
                 g.metric_type(),
             )?;
             g.encode(m)?;
-            let open = ConstGauge::new(state.preauth.open() as i64);
+            let open = ConstGauge::new(live.unauthenticated as i64);
             let m = encoder.encode_descriptor(
                 "unauthenticated_sockets",
                 "Sockets accepted and not yet past hello-ok (the pre-auth budget in use)",
@@ -293,7 +310,7 @@ impl Collector for StateCollector {
                 open.metric_type(),
             )?;
             open.encode(m)?;
-            let pending = ConstGauge::new(state.pairing.pending().len() as i64);
+            let pending = ConstGauge::new(live.pending as i64);
             let m = encoder.encode_descriptor(
                 "pairing_pending",
                 "Pending device pairing requests",

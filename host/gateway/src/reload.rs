@@ -10,7 +10,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
-use crate::{GatewayState, LoadedChain, StartError};
+use crate::error::StartError;
+use crate::state::{GatewayState, LoadedChain, log_chain};
 use trustgate_runtime::{HostServices, Runtime};
 
 /// A handle that reloads a running gateway's chain.
@@ -33,7 +34,7 @@ impl Reloader {
         let loaded = async {
             let runtime = Runtime::new(config.plugins.clone(), self.services.clone())?;
             let (chain, plugins) = config.load_chain(&runtime).await?;
-            crate::log_chain(&plugins);
+            log_chain(&plugins);
             Ok::<_, StartError>(LoadedChain {
                 chain: Arc::new(chain),
                 plugins,

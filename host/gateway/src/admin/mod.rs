@@ -19,7 +19,7 @@ use tracing::info;
 
 use crate::lifecycle::Lifecycle;
 use crate::pairing_store::PairingError;
-use crate::{GatewayState, StartError};
+use crate::state::GatewayState;
 
 /// `[admin]`: the admin HTTP listener.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -41,27 +41,24 @@ impl Default for AdminSettings {
     }
 }
 
-/// Reads the admin token, creating the file with a random token if it does not exist.
-pub(crate) fn load_token(path: &FsPath) -> Result<String, StartError> {
-    let err = |source| StartError::AdminToken {
-        path: path.to_path_buf(),
-        source,
-    };
+/// Reads the admin token, creating the file with a random token if it does not exist. The
+/// caller names the file in its error.
+pub(crate) fn load_token(path: &FsPath) -> Result<String, std::io::Error> {
     match std::fs::read_to_string(path) {
         Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
-        Ok(_) => Err(err(std::io::Error::other("the file is empty"))),
+        Ok(_) => Err(std::io::Error::other("the file is empty")),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(err)?;
+                std::fs::create_dir_all(dir)?;
             }
             let mut raw = [0u8; 24];
             rand::fill(&mut raw);
             let token = hex::encode(raw);
-            crate::fsutil::write_atomic(path, token.as_bytes()).map_err(err)?;
+            crate::fsutil::write_atomic(path, token.as_bytes())?;
             info!(path = %path.display(), "created a new admin API token");
             Ok(token)
         }
-        Err(e) => Err(err(e)),
+        Err(e) => Err(e),
     }
 }
 
@@ -284,7 +281,7 @@ async fn overview(State(state): State<Arc<GatewayState>>, headers: HeaderMap) ->
         })
         .collect();
     axum::Json(json!({
-        "sessions": crate::cluster::sessions_view(&state, false),
+        "sessions": state.sessions_view(false),
         "plugins": plugins,
         "pending": state.pairing.pending(),
         "devices": state.pairing.device_views(&state.sessions),
@@ -296,5 +293,5 @@ async fn list_sessions(State(state): State<Arc<GatewayState>>, headers: HeaderMa
     if let Some(r) = unauthorized(&state, &headers) {
         return r;
     }
-    axum::Json(json!({"sessions": crate::cluster::sessions_view(&state, false)})).into_response()
+    axum::Json(json!({"sessions": state.sessions_view(false)})).into_response()
 }

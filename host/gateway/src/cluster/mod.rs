@@ -1,21 +1,18 @@
-//! Several replicas on NATS: the connection and buckets they share, the cluster-wide session
-//! registry, and `worker.invoke` routed to the replica that holds the worker.
+//! Several replicas on NATS: the connection and the buckets they share, nothing above them.
 //!
 //! - `settings.rs`: `[cluster]`.
 //! - `mod.rs` (here): the NATS connection and its buckets, opened in the background so a
 //!   replica starts (and serves Kubernetes workers and device-token logins) without NATS, and
 //!   the one watch loop (`follow_bucket`) that feeds every local copy of a bucket.
-//! - `registry.rs`: this replica's sessions published to the sessions bucket, the other
-//!   replicas' read from it, and heartbeats that make a crashed replica's sessions vanish.
-//! - `invoke.rs`: the request/reply subject each replica serves invocations on.
 //!
-//! The pairing store's NATS backend (`pairing_store/nats.rs`) uses the same connection.
+//! What is kept in the buckets lives with its owner, above this module: the pairing store's
+//! NATS backend (`pairing_store/nats.rs`), the cluster-wide session registry
+//! (`registry/replicated.rs`) and `worker.invoke` routed between replicas (`invoke/remote.rs`);
+//! `replica.rs` starts them.
 
-mod invoke;
-mod registry;
 mod settings;
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
@@ -23,12 +20,7 @@ use futures::StreamExt;
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
-pub(crate) use invoke::invoke_remote;
-pub(crate) use registry::{ClusterSession, Registry};
 pub use settings::{Buckets, ClusterSettings, ClusterTls, StateBackend};
-
-use crate::GatewayState;
-use crate::pairing_store::{NatsBackend, PairingError};
 
 /// Why the NATS connection could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +88,6 @@ pub(crate) struct Nats {
     js: jetstream::Context,
     stores: OnceCell<Stores>,
     pending_ttl: Duration,
-    pub(crate) registry: Registry,
 }
 
 impl std::fmt::Debug for Nats {
@@ -151,7 +142,6 @@ impl Nats {
         js.set_timeout(Duration::from_millis(settings.request_timeout_ms));
         info!(replica = %replica, servers = ?settings.servers, "cluster state on NATS");
         Ok(Arc::new(Self {
-            registry: Registry::new(&replica, settings),
             replica,
             settings: settings.clone(),
             client,
@@ -161,11 +151,24 @@ impl Nats {
         }))
     }
 
-    /// The buckets, or `Unavailable` while they are not open yet.
-    pub(crate) fn stores(&self) -> Result<&Stores, PairingError> {
-        self.stores
-            .get()
-            .ok_or_else(|| PairingError::Unavailable("NATS is not reachable yet".into()))
+    /// The buckets, or `None` while they are not open yet.
+    pub(crate) fn stores(&self) -> Option<&Stores> {
+        self.stores.get()
+    }
+
+    /// The buckets, opened (and created if needed) first if they are not open yet: retried
+    /// until NATS answers, so it returns only once they are.
+    pub(crate) async fn open(&self) -> &Stores {
+        self.stores.get_or_init(|| self.open_stores()).await
+    }
+
+    /// NATS did not answer `what` within the bound on one operation.
+    pub(crate) fn unreachable(&self, what: &'static str) -> ClusterError {
+        ClusterError::Unreachable {
+            what,
+            waited: self.op_timeout(),
+            servers: self.settings.servers.clone(),
+        }
     }
 
     /// The bound on one key-value operation.
@@ -281,119 +284,22 @@ pub(crate) async fn follow_bucket(
     }
 }
 
-/// Loads the approved devices from NATS into `pairing`'s local copy for a look that changes
-/// nothing (`auth explain`): the devices bucket is opened, never created, no session or
-/// heartbeat is published and nothing is served. Returns once the copy holds every device, with
-/// the task that keeps following the bucket (abort it when done); each step is bounded by
+/// Opens the devices bucket for reading only (`auth explain`): never created, bounded by
 /// `cluster.request_timeout_ms`.
-pub(crate) async fn load_devices_read_only(
-    nats: &Nats,
-    pairing: Arc<NatsBackend>,
-) -> Result<tokio::task::JoinHandle<()>, ClusterError> {
-    let bound = nats.op_timeout();
-    let unreachable = |what| ClusterError::Unreachable {
-        what,
-        waited: bound,
-        servers: nats.settings.servers.clone(),
-    };
+pub(crate) async fn devices_bucket_read_only(nats: &Nats) -> Result<kv::Store, ClusterError> {
     let bucket = nats.settings.buckets.devices.clone();
-    let store = match tokio::time::timeout(bound, nats.js.get_key_value(bucket.clone())).await {
-        Ok(Ok(store)) => store,
+    match tokio::time::timeout(nats.op_timeout(), nats.js.get_key_value(bucket.clone())).await {
+        Ok(Ok(store)) => Ok(store),
         // A request that failed because no server is reachable is said as that, not as the
         // client library's chain of timeouts.
-        Err(_) => return Err(unreachable("opening the devices bucket")),
+        Err(_) => Err(nats.unreachable("opening the devices bucket")),
         Ok(Err(_))
             if nats.client.connection_state() != async_nats::connection::State::Connected =>
         {
-            return Err(unreachable("opening the devices bucket"));
+            Err(nats.unreachable("opening the devices bucket"))
         }
-        Ok(Err(source)) => return Err(ClusterError::Bucket { bucket, source }),
-    };
-    let follow = tokio::spawn(crate::pairing_store::follow_devices(pairing.clone(), store));
-    if tokio::time::timeout(bound, pairing.wait_synced())
-        .await
-        .is_err()
-    {
-        follow.abort();
-        return Err(unreachable("reading the approved devices"));
+        Ok(Err(source)) => Err(ClusterError::Bucket { bucket, source }),
     }
-    Ok(follow)
-}
-
-/// Runs this replica's part of the cluster for as long as the gateway does: opens the buckets,
-/// then feeds the pairing store's and the registry's local copies, publishes this replica's
-/// sessions and heartbeats, and serves invocations routed here.
-pub(crate) async fn run(
-    nats: Arc<Nats>,
-    state: Weak<GatewayState>,
-    mut stopped: tokio::sync::watch::Receiver<bool>,
-) {
-    tokio::select! {
-        () = run_until_gone(nats, state) => {}
-        _ = stopped.wait_for(|s| *s) => {}
-    }
-}
-
-async fn run_until_gone(nats: Arc<Nats>, state: Weak<GatewayState>) {
-    let stores = nats.open_stores().await;
-    let _ = nats.stores.set(stores);
-    let Ok(stores) = nats.stores() else { return };
-    info!(replica = %nats.replica, "NATS buckets open");
-    let Some(pairing) = state.upgrade().and_then(|s| s.pairing.nats_backend()) else {
-        return;
-    };
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(crate::pairing_store::follow_devices(
-        pairing.clone(),
-        stores.devices.clone(),
-    ));
-    tasks.spawn(crate::pairing_store::follow_pending(
-        pairing,
-        stores.pending.clone(),
-    ));
-    tasks.spawn(registry::follow(nats.clone(), stores.sessions.clone()));
-    tasks.spawn(registry::publish(
-        nats.clone(),
-        stores.sessions.clone(),
-        state.clone(),
-    ));
-    tasks.spawn(invoke::serve(nats.clone(), state.clone()));
-    // The tasks end when the gateway state goes (or never); keep them owned here.
-    while tasks.join_next().await.is_some() {
-        if state.upgrade().is_none() {
-            tasks.abort_all();
-            return;
-        }
-    }
-}
-
-/// Sessions as operators see them (`workers.list`, the admin API): this replica's and — on
-/// NATS — every live replica's, each naming its `replica`, ordered by connection id.
-pub(crate) fn sessions_view(state: &GatewayState, workers_only: bool) -> Vec<serde_json::Value> {
-    let keep =
-        |role: trustgate_protocol::Role| !workers_only || role == trustgate_protocol::Role::Worker;
-    let local = state.sessions.list().into_iter().filter(|s| keep(s.role));
-    let Some(nats) = &state.cluster else {
-        return local
-            .map(|s| serde_json::to_value(s).unwrap_or_default())
-            .collect();
-    };
-    let mut all: Vec<ClusterSession> = local
-        .map(|info| ClusterSession {
-            replica: nats.replica.clone(),
-            info,
-        })
-        .chain(
-            nats.registry
-                .remote_sessions()
-                .into_iter()
-                .filter(|s| keep(s.info.role)),
-        )
-        .collect();
-    all.sort_by(|a, b| a.info.conn_id.cmp(&b.info.conn_id));
-    all.into_iter()
-        .map(|s| serde_json::to_value(s).unwrap_or_default())
-        .collect()
 }
 
 #[cfg(test)]

@@ -20,9 +20,11 @@ use trustgate_runtime::RuntimeSettings;
 pub use chain::{CredentialsGrant, PluginEntry, toml_to_json};
 pub use error::ConfigError;
 
-use crate::{
-    AdminSettings, AuditOutput, AuditSettings, ListenerSettings, PairingSettings, ProtocolLimits,
-};
+use crate::admin::AdminSettings;
+use crate::audit::{AuditOutput, AuditSettings};
+use crate::limits::ProtocolLimits;
+use crate::listener::ListenerSettings;
+use crate::pairing_store::PairingSettings;
 
 /// The configuration compiled into the binary; `trustgate config default` prints it.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");

@@ -350,7 +350,9 @@ where
             self.state.sessions.remove(&self.conn_id);
             return None;
         }
-        info!(subject = %auth.identity.subject, role = auth.role.as_str(), method = %auth.identity.method, pairing = ?auth.pairing, "connected");
+        // `method` is what the peer presented (`auth.method`), as in the audit record;
+        // `identified_by` is how the identity was established (a plugin's, or the device's).
+        info!(subject = %auth.identity.subject, role = auth.role.as_str(), %method, identified_by = %auth.identity.method, pairing = ?auth.pairing, "connected");
         Some(Session::new(params, auth, commands, close_orders, slot))
     }
 }

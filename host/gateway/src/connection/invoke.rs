@@ -1,7 +1,8 @@
-//! The invoke relay: an operator's `worker.invoke` travels to the worker's connection task as a
-//! [`SessionCommand::Invoke`], out to the worker as an `invoke.request` event, and back through
-//! the worker's `invoke.result`. The operator's side waits in its own task, so a slow worker
-//! never blocks the operator's other requests.
+//! The connection's side of the invoke relay: an operator's `worker.invoke` is read here and
+//! handed to `crate::invoke` (which finds the worker, here or on another replica); on the
+//! worker's connection the [`SessionCommand::Invoke`] goes out as an `invoke.request` event and
+//! comes back through the worker's `invoke.result`. The operator's side waits in its own task,
+//! so a slow worker never blocks the operator's other requests.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,9 +12,9 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use trustgate_protocol::{ErrorBody, ErrorCode, RequestFrame, ResponseFrame, parse_params};
 
-use super::{invalid, random_id};
-use crate::GatewayState;
-use crate::registry::{InvokeOutcome, SessionCommand};
+use super::invalid;
+use crate::registry::InvokeOutcome;
+use crate::state::GatewayState;
 
 type Reply = oneshot::Sender<Result<InvokeOutcome, ErrorBody>>;
 
@@ -85,69 +86,5 @@ async fn invoke(state: &GatewayState, frame: RequestFrame) -> Result<Value, Erro
         json!({})
     }
     let p: Invoke = parse_params(&frame.params).map_err(|e| invalid(&e))?;
-    // A worker on another replica: the invocation travels there and runs as it would here.
-    if state.sessions.worker_channel(&p.worker_id).is_none()
-        && let Some(nats) = &state.cluster
-        && let Some(replica) = nats.registry.replica_of_worker(&p.worker_id)
-    {
-        return crate::cluster::invoke_remote(
-            nats,
-            &replica,
-            &p.worker_id,
-            &p.command,
-            &p.args,
-            state.limits.invoke_timeout(),
-        )
-        .await;
-    }
-    invoke_local(state, &p.worker_id, p.command, p.args).await
-}
-
-/// Runs an invocation on a worker connected to this replica: an operator's here, or one
-/// routed from another replica.
-pub(crate) async fn invoke_local(
-    state: &GatewayState,
-    worker_id: &str,
-    command: String,
-    args: Value,
-) -> Result<Value, ErrorBody> {
-    let Some(worker) = state.sessions.worker_channel(worker_id) else {
-        return Err(ErrorBody::new(
-            ErrorCode::InvalidRequest,
-            "`params.workerId`: no connected worker has this id",
-        )
-        .with_details(json!({"field": "params.workerId", "reason": "unknown-worker"})));
-    };
-    let invoke_id = random_id("inv-", 8);
-    let (tx, rx) = oneshot::channel();
-    let unavailable = || {
-        ErrorBody::new(ErrorCode::Unavailable, "the worker disconnected")
-            .with_details(json!({"reason": "worker-disconnected"}))
-            .with_retry_after(Some(1_000))
-    };
-    worker
-        .send(SessionCommand::Invoke {
-            invoke_id: invoke_id.clone(),
-            command,
-            args,
-            reply: tx,
-        })
-        .await
-        .map_err(|_| unavailable())?;
-    match tokio::time::timeout(state.limits.invoke_timeout(), rx).await {
-        Ok(Ok(Ok(outcome))) => Ok(json!({
-            "workerId": worker_id,
-            "invokeId": invoke_id,
-            "ok": outcome.ok,
-            "result": outcome.result,
-            "error": outcome.error,
-        })),
-        Ok(Ok(Err(e))) => Err(e),
-        Ok(Err(_)) => Err(unavailable()),
-        Err(_) => Err(ErrorBody::new(
-            ErrorCode::Unavailable,
-            "the worker did not answer within the invoke timeout",
-        )
-        .with_details(json!({"reason": "invoke-timeout"}))),
-    }
+    crate::invoke::invoke(state, &p.worker_id, p.command, p.args).await
 }

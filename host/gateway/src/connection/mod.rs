@@ -11,8 +11,6 @@ mod handshake;
 mod invoke;
 mod session;
 
-pub(crate) use invoke::invoke_local;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -31,10 +29,10 @@ use trustgate_protocol::{
     CloseCode, ErrorBody, ErrorCode, EventFrame, FrameError, ResponseFrame, Role, now_ms,
 };
 
-use trustgate_runtime::{DenyCode, Step};
+use trustgate_runtime::Step;
 
-use crate::GatewayState;
 use crate::audit::{AuditRecord, AuditStep};
+use crate::state::GatewayState;
 
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 type Source<S> = SplitStream<WebSocketStream<S>>;
@@ -211,23 +209,13 @@ struct AuditEntry<'a> {
     trace: &'a [Step],
 }
 
-/// The protocol code a plugin's denial becomes.
-pub(crate) fn deny_code(code: DenyCode) -> ErrorCode {
-    match code {
-        DenyCode::Unauthenticated => ErrorCode::Unauthenticated,
-        DenyCode::Forbidden => ErrorCode::Forbidden,
-        DenyCode::Unavailable => ErrorCode::Unavailable,
-        DenyCode::RateLimited => ErrorCode::RateLimited,
-    }
-}
-
 fn audit_trace(trace: &[Step]) -> Vec<AuditStep<'_>> {
     trace
         .iter()
         .map(|s| AuditStep {
             plugin: &s.plugin,
             verdict: s.kind.as_str(),
-            code: s.code.map(|c| deny_code(c).as_str()),
+            code: s.code.map(|c| crate::authenticate::deny_code(c).as_str()),
             reason: s.reason.as_deref(),
             error: s.error.as_deref(),
             us: (s.elapsed.as_nanos() / 100) as f64 / 10.0,

@@ -201,9 +201,7 @@ where
                         .with_details(json!({"reason": "operator-only"})),
                 )
             }
-            "workers.list" => {
-                Ok(json!({"workers": crate::cluster::sessions_view(&self.state, true)}))
-            }
+            "workers.list" => Ok(json!({"workers": self.state.sessions_view(true)})),
             "pairing.list" => Ok(json!({
                 "pending": self.state.pairing.pending(),
                 "devices": self.state.pairing.device_views(&self.state.sessions),

@@ -30,7 +30,7 @@ use tokio::sync::broadcast;
 use trustgate_protocol::{Role, now_ms};
 
 pub(crate) use file::FileBackend;
-pub(crate) use nats::{NatsBackend, follow_devices, follow_pending};
+pub(crate) use nats::{NatsBackend, follow_devices, follow_pending, load_devices_read_only};
 
 /// `[pairing]`: the pairing store and the lifecycle of device tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -434,7 +434,7 @@ impl PairingStore {
     }
 
     /// Approved devices as operators see them, with what the live sessions say.
-    pub fn device_views(&self, sessions: &crate::Sessions) -> Vec<DeviceView> {
+    pub fn device_views(&self, sessions: &crate::registry::Sessions) -> Vec<DeviceView> {
         let live = sessions.list();
         self.devices()
             .into_iter()
@@ -443,12 +443,16 @@ impl PairingStore {
     }
 
     /// One approved device as operators see it (no token hashes).
-    pub fn device_view(&self, device_id: &str, sessions: &crate::Sessions) -> Option<DeviceView> {
+    pub fn device_view(
+        &self,
+        device_id: &str,
+        sessions: &crate::registry::Sessions,
+    ) -> Option<DeviceView> {
         let record = self.device(device_id)?;
         Some(self.view(record, &sessions.list()))
     }
 
-    fn view(&self, d: DeviceRecord, live: &[crate::SessionInfo]) -> DeviceView {
+    fn view(&self, d: DeviceRecord, live: &[crate::registry::SessionInfo]) -> DeviceView {
         let now = now_ms();
         let live_sessions = live
             .iter()

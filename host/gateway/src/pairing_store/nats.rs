@@ -21,7 +21,7 @@ use trustgate_protocol::now_ms;
 use super::{
     Backend, DeviceChange, DeviceRecord, DeviceToken, PairingError, PendingRequest, StoreEvent,
 };
-use crate::cluster::{Nats, follow_bucket};
+use crate::cluster::{ClusterError, Nats, Stores, devices_bucket_read_only, follow_bucket};
 
 /// How often a device change that lost a compare-and-set is re-applied before `Conflict`.
 const CAS_ATTEMPTS: usize = 5;
@@ -45,6 +45,13 @@ pub(crate) struct NatsBackend {
 }
 
 impl NatsBackend {
+    /// The buckets, or `Unavailable` while NATS has not been reached yet.
+    fn stores(&self) -> Result<&Stores, PairingError> {
+        self.nats
+            .stores()
+            .ok_or_else(|| PairingError::Unavailable("NATS is not reachable yet".into()))
+    }
+
     pub(crate) fn new(nats: Arc<Nats>, events: broadcast::Sender<StoreEvent>) -> Self {
         Self {
             nats,
@@ -152,7 +159,7 @@ impl Backend for NatsBackend {
     }
 
     async fn put_pending(&self, request: &PendingRequest) -> Result<(), PairingError> {
-        let stores = self.nats.stores()?;
+        let stores = self.stores()?;
         let create = stores.pending.create(&request.request_id, encode(request));
         match self.bounded("pairing request", create).await? {
             Ok(revision) => {
@@ -167,7 +174,7 @@ impl Backend for NatsBackend {
     }
 
     async fn take_pending(&self, request_id: &str) -> Result<PendingRequest, PairingError> {
-        let stores = self.nats.stores()?;
+        let stores = self.stores()?;
         let unknown = || PairingError::UnknownRequest(request_id.to_string());
         if !kv_key_ok(request_id) {
             return Err(unknown());
@@ -204,7 +211,7 @@ impl Backend for NatsBackend {
         id: &str,
         change: DeviceChange<'_>,
     ) -> Result<Option<DeviceRecord>, PairingError> {
-        let stores = self.nats.stores()?;
+        let stores = self.stores()?;
         if !kv_key_ok(id) {
             return change(None);
         }
@@ -329,4 +336,25 @@ pub(crate) async fn follow_pending(backend: Arc<NatsBackend>, store: kv::Store) 
         || {},
     )
     .await;
+}
+
+/// Loads the approved devices from NATS into `backend`'s local copy for a look that changes
+/// nothing (`auth explain`): the devices bucket is opened, never created, no session or
+/// heartbeat is published and nothing is served. Returns once the copy holds every device, with
+/// the task that keeps following the bucket (abort it when done); each step is bounded by
+/// `cluster.request_timeout_ms`.
+pub(crate) async fn load_devices_read_only(
+    nats: &Nats,
+    backend: Arc<NatsBackend>,
+) -> Result<tokio::task::JoinHandle<()>, ClusterError> {
+    let store = devices_bucket_read_only(nats).await?;
+    let follow = tokio::spawn(follow_devices(backend.clone(), store));
+    if tokio::time::timeout(nats.op_timeout(), backend.wait_synced())
+        .await
+        .is_err()
+    {
+        follow.abort();
+        return Err(nats.unreachable("reading the approved devices"));
+    }
+    Ok(follow)
 }

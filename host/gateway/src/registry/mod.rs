@@ -1,5 +1,14 @@
 //! The registry of live sessions: who is connected, and a channel to each connection task for
 //! relaying invocations and for closing it (expiry, revocation).
+//!
+//! - `mod.rs` (here): this replica's sessions.
+//! - `replicated.rs`: on NATS, the cluster-wide registry — this replica's sessions published to
+//!   the sessions bucket, the other replicas' read from it, heartbeats that make a crashed
+//!   replica's sessions vanish — and the view operators list.
+
+mod replicated;
+
+pub(crate) use replicated::{Replicated, follow, publish, sessions_view};
 
 use std::collections::HashMap;
 use std::sync::Mutex;

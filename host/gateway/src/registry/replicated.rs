@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 use trustgate_protocol::{Role, now_ms};
 
-use super::{ClusterSettings, Nats};
-use crate::{GatewayState, SessionInfo};
+use super::{SessionInfo, Sessions};
+use crate::cluster::{ClusterSettings, Nats, follow_bucket};
 
 /// A session as the cluster lists it: where it lives, and what it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,8 +48,8 @@ struct View {
     heartbeats: HashMap<String, Instant>,
 }
 
-/// The local copy of the registry.
-pub(crate) struct Registry {
+/// The local copy of the cluster-wide registry: the other replicas' sessions.
+pub(crate) struct Replicated {
     replica: String,
     ttl: Duration,
     view: Mutex<View>,
@@ -59,7 +59,9 @@ fn session_key(replica: &str, conn_id: &str) -> String {
     format!("s.{replica}.{conn_id}")
 }
 
-impl Registry {
+impl Replicated {
+    /// An empty copy for `replica`, whose peers' sessions count while their heartbeat is
+    /// fresher than `cluster.session_ttl_ms`.
     pub(crate) fn new(replica: &str, settings: &ClusterSettings) -> Self {
         Self {
             replica: replica.to_string(),
@@ -139,11 +141,11 @@ impl Registry {
 }
 
 /// Follows the sessions bucket into the local copy, for as long as the gateway runs.
-pub(super) async fn follow(nats: Arc<Nats>, store: kv::Store) {
-    super::follow_bucket(
+pub(crate) async fn follow(registry: Arc<Replicated>, store: kv::Store) {
+    follow_bucket(
         store,
         "sessions",
-        move |entry| nats.registry.apply(&entry),
+        move |entry| registry.apply(&entry),
         || {},
     )
     .await;
@@ -153,7 +155,12 @@ pub(super) async fn follow(nats: Arc<Nats>, store: kv::Store) {
 /// registry (and by the heartbeat timer), it writes the difference between what is live here
 /// and what it last wrote; a failed write is retried at the next wake-up, so nothing is lost
 /// while NATS is away and bursts are coalesced.
-pub(super) async fn publish(nats: Arc<Nats>, store: kv::Store, state: Weak<GatewayState>) {
+pub(crate) async fn publish(
+    registry: Arc<Replicated>,
+    nats: Arc<Nats>,
+    store: kv::Store,
+    sessions: Weak<Sessions>,
+) {
     let heartbeat = Duration::from_millis(nats.settings.heartbeat_ms);
     let own_prefix = format!("s.{}.", nats.replica);
     // Sessions a previous process of this replica left behind are not ours any more.
@@ -165,12 +172,12 @@ pub(super) async fn publish(nats: Arc<Nats>, store: kv::Store, state: Weak<Gatew
             }
         }
     }
-    let Some(mut changes) = state.upgrade().map(|g| g.sessions.watch()) else {
+    let Some(mut changes) = sessions.upgrade().map(|s| s.watch()) else {
         return;
     };
     let mut next_beat = tokio::time::Instant::now();
     loop {
-        let Some(gateway) = state.upgrade() else {
+        let Some(local) = sessions.upgrade() else {
             return;
         };
         changes.borrow_and_update();
@@ -190,18 +197,17 @@ pub(super) async fn publish(nats: Arc<Nats>, store: kv::Store, state: Weak<Gatew
                 Ok(Err(e)) => debug!(error = %e, "heartbeat not written"),
                 Err(_) => debug!("heartbeat timed out"),
             }
-            for key in nats.registry.abandoned_keys() {
+            for key in registry.abandoned_keys() {
                 let _ = tokio::time::timeout(nats.op_timeout(), store.delete(&key)).await;
             }
             next_beat = tokio::time::Instant::now() + heartbeat;
         }
-        let live: HashMap<String, SessionInfo> = gateway
-            .sessions
+        let live: HashMap<String, SessionInfo> = local
             .list()
             .into_iter()
             .map(|s| (s.conn_id.clone(), s))
             .collect();
-        drop(gateway);
+        drop(local);
         for (conn, info) in &live {
             if written.get(conn) == Some(info) {
                 continue;
@@ -242,4 +248,36 @@ pub(super) async fn publish(nats: Arc<Nats>, store: kv::Store, state: Weak<Gatew
             return; // the registry is gone: the gateway stopped
         }
     }
+}
+
+/// Sessions as operators see them (`workers.list`, the admin API): this replica's and — on
+/// NATS — every live replica's, each naming its `replica`, ordered by connection id.
+pub(crate) fn sessions_view(
+    local: &Sessions,
+    replicated: Option<&Replicated>,
+    workers_only: bool,
+) -> Vec<serde_json::Value> {
+    let keep = |role: Role| !workers_only || role == Role::Worker;
+    let here = local.list().into_iter().filter(|s| keep(s.role));
+    let Some(replicated) = replicated else {
+        return here
+            .map(|s| serde_json::to_value(s).unwrap_or_default())
+            .collect();
+    };
+    let mut all: Vec<ClusterSession> = here
+        .map(|info| ClusterSession {
+            replica: replicated.replica.clone(),
+            info,
+        })
+        .chain(
+            replicated
+                .remote_sessions()
+                .into_iter()
+                .filter(|s| keep(s.info.role)),
+        )
+        .collect();
+    all.sort_by(|a, b| a.info.conn_id.cmp(&b.info.conn_id));
+    all.into_iter()
+        .map(|s| serde_json::to_value(s).unwrap_or_default())
+        .collect()
 }

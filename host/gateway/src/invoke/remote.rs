@@ -13,8 +13,8 @@ use tokio::sync::Semaphore;
 use tracing::warn;
 use trustgate_protocol::{ErrorBody, ErrorCode};
 
-use super::Nats;
-use crate::GatewayState;
+use crate::cluster::Nats;
+use crate::state::GatewayState;
 
 /// Invocations one replica runs for others at once; beyond it they are answered `UNAVAILABLE`.
 const MAX_ROUTED_INVOCATIONS: usize = 256;
@@ -46,7 +46,7 @@ fn unavailable(reason: &str, message: &str) -> ErrorBody {
 
 /// Sends an invocation to the replica that holds the worker and waits for its answer (at most
 /// the invoke timeout, plus a second for the round trip).
-pub(crate) async fn invoke_remote(
+pub(super) async fn invoke_remote(
     nats: &Nats,
     replica: &str,
     worker_id: &str,
@@ -101,7 +101,7 @@ pub(crate) async fn invoke_remote(
 }
 
 /// Serves invocations routed to this replica, for as long as the gateway runs.
-pub(super) async fn serve(nats: Arc<Nats>, state: Weak<GatewayState>) {
+pub(crate) async fn serve(nats: Arc<Nats>, state: Weak<GatewayState>) {
     let permits = Arc::new(Semaphore::new(MAX_ROUTED_INVOCATIONS));
     let mut delay = Duration::from_millis(100);
     loop {
@@ -138,14 +138,7 @@ pub(super) async fn serve(nats: Arc<Nats>, state: Weak<GatewayState>) {
             tokio::spawn(async move {
                 let answer = match serde_json::from_slice::<Routed>(&message.payload) {
                     Ok(r) => {
-                        match crate::connection::invoke_local(
-                            &gateway,
-                            &r.worker_id,
-                            r.command,
-                            r.args,
-                        )
-                        .await
-                        {
+                        match super::invoke_local(&gateway, &r.worker_id, r.command, r.args).await {
                             Ok(v) => Answer::Ok(v),
                             Err(e) => Answer::Error(e),
                         }

@@ -19,6 +19,7 @@ const LEGACY: &[&str] = &[
 const GUESTS: &[&str] = &[
     "guest-scripted",
     "guest-hostile",
+    "guest-hostile-v0-2",
     "guest-wrong-version",
     "guest-no-export",
     "guest-unknown-import",

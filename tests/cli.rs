@@ -255,7 +255,7 @@ fn auth_explain_traces_an_allowed_and_a_refused_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_closes_sessions_with_1012_and_exits_within_the_drain_time() {
+async fn sigterm_closes_sessions_and_handshakes_with_1012_and_exits_within_the_drain_time() {
     use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gateway.toml");
@@ -292,15 +292,26 @@ async fn sigterm_closes_sessions_with_1012_and_exits_within_the_drain_time() {
             break format!("ws://{}", rest.split_whitespace().next().unwrap());
         }
     };
-    let mut worker = trustgate_tests::client::WsClient::open(&url).await;
-    let res = worker
-        .connect(trustgate_tests::client::connect_params(
-            "worker",
-            Some(serde_json::json!({"method": "token"})),
-            None,
-        ))
-        .await;
-    assert_eq!(res["ok"], true, "{res}");
+    // Five sessions, and five sockets that got their challenge but never sent `connect`.
+    let mut sockets = Vec::new();
+    for _ in 0..5 {
+        let mut worker = trustgate_tests::client::WsClient::open(&url).await;
+        let res = worker
+            .connect(trustgate_tests::client::connect_params(
+                "worker",
+                Some(serde_json::json!({"method": "token"})),
+                None,
+            ))
+            .await;
+        assert_eq!(res["ok"], true, "{res}");
+        sockets.push(("session", worker));
+    }
+    for _ in 0..5 {
+        sockets.push((
+            "handshake",
+            trustgate_tests::client::WsClient::open(&url).await,
+        ));
+    }
 
     let pid = child.id().unwrap().to_string();
     let started = std::time::Instant::now();
@@ -311,8 +322,12 @@ async fn sigterm_closes_sessions_with_1012_and_exits_within_the_drain_time() {
             .unwrap()
             .success()
     );
-    let (code, reason) = worker.closed().await;
-    assert_eq!(code, 1012, "{reason}");
+    // Every one gets a close frame (`closed` fails on a stream that ends without one).
+    for (what, socket) in &mut sockets {
+        let (code, reason) = socket.closed().await;
+        assert_eq!(code, 1012, "{what}: {reason}");
+        assert_eq!(reason, "service restart", "{what}");
+    }
     let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
         .await
         .expect("exits")

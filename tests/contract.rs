@@ -402,3 +402,165 @@ async fn plugin_logs_are_cut_per_line_escaped_and_bounded_per_call() {
         .to_string();
     assert_eq!(err.matches('q').count(), limits::MAX_CONFIGURE_ERROR);
 }
+
+/// What a hostile guest read in its second call through a handle kept from its first.
+fn second_read(kind: &str, result: Result<Decision, trustgate_runtime::PluginFailure>) -> String {
+    use trustgate_runtime::PluginFailure;
+    match result {
+        Err(PluginFailure::Trap(msg)) => msg,
+        Err(other) => panic!("{kind}: expected a trap, got {other:?}"),
+        Ok(Decision::Allow(id)) => format!("allowed, read {:?}", attribute_of(&id, "read")),
+        Ok(other) => panic!("{kind}: unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_handle_kept_from_an_earlier_call_traps_whatever_the_guest_created_since() {
+    let rt = Runtime::new(test_limits(1_000), Arc::new(Recorder::default())).unwrap();
+    // The first call's facts, which the second must never see through a kept handle.
+    let first = request("first-method", Some("first-token"));
+    let first_id = Identity {
+        subject: "first-subject".into(),
+        method: "m".into(),
+        roles: vec!["worker".into()],
+        ..Identity::default()
+    };
+    let mut second = request("second-method", Some("second-token"));
+    Arc::make_mut(&mut second).role = "operator".into();
+    let second_id = Identity {
+        subject: "second-subject".into(),
+        ..first_id.clone()
+    };
+    let cases = [
+        (
+            "credentials (0.3)",
+            guests::GUEST_HOSTILE,
+            json!({"mode": "stale"}),
+        ),
+        (
+            "credentials (0.2)",
+            guests::GUEST_HOSTILE_V0_2,
+            json!("credentials"),
+        ),
+        ("review (0.2)", guests::GUEST_HOSTILE_V0_2, json!("review")),
+        (
+            "request (0.2)",
+            guests::GUEST_HOSTILE_V0_2,
+            json!("request"),
+        ),
+        (
+            "identity (0.2)",
+            guests::GUEST_HOSTILE_V0_2,
+            json!("identity"),
+        ),
+    ];
+    for (kind, path, config) in cases {
+        // One instance, so the second call runs where the first kept its handle.
+        let plugin = rt
+            .load(&spec_reading_credentials("stale", path, config))
+            .await
+            .unwrap();
+        match decide(&plugin, &first, Some(&first_id)).await.unwrap() {
+            Decision::Allow(id) => assert_eq!(attribute_of(&id, "read"), Some("kept"), "{kind}"),
+            other => panic!("{kind}: the first call allows, got {other:?}"),
+        }
+        let read = second_read(kind, decide(&plugin, &second, Some(&second_id)).await);
+        for earlier in [
+            "first-method",
+            "first-token",
+            "first-subject",
+            "worker",
+            "runner",
+        ] {
+            assert!(
+                !read.contains(earlier),
+                "{kind}: read the earlier call's data: {read}"
+            );
+        }
+        // Handles the guest owns (credentials, reviews) keep their slot in the guest's table,
+        // and the host refuses the number behind it. A *lent* handle (0.2's request and
+        // identity) is removed from the guest's table by the component model when the call
+        // returns, and the next call's lent handle may take the same slot: then the kept number
+        // names the current call's own request or identity, which the guest holds anyway —
+        // never the earlier call's (checked above). 0.3 lends neither: they are facts by value.
+        let trapped = read.contains("earlier call") || read.contains("unknown handle");
+        let own_current = match kind {
+            "request (0.2)" => read == "allowed, read Some(\"operator\")",
+            "identity (0.2)" => read == "allowed, read Some(\"second-subject\")",
+            _ => false,
+        };
+        assert!(
+            trapped || own_current,
+            "{kind}: a stale handle must trap, got {read}"
+        );
+        // The trap cost the instance, not the plugin: a fresh one keeps its first handle again.
+        if trapped {
+            match decide(&plugin, &first, Some(&first_id)).await.unwrap() {
+                Decision::Allow(id) => {
+                    assert_eq!(attribute_of(&id, "read"), Some("kept"), "{kind}")
+                }
+                other => panic!("{kind}: a fresh instance allows, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_log_grows_by_at_most_twice_the_budget_per_call_whatever_the_plugin_writes() {
+    let logs = LogCapture::default();
+    let _guard = logs.install();
+    let rt = trustgate_tests::runtime(test_limits(2_000));
+    let budget = limits::MAX_LOG_PER_CALL;
+    for (shape, size) in [
+        // Many tiny lines: the framing of each line, not its one byte, is what the log pays.
+        ("tiny-logs", 16_384),
+        // Control characters: each escapes to several bytes in the log.
+        ("control-log", budget),
+    ] {
+        let plugin = rt
+            .load(&spec(
+                shape,
+                guests::GUEST_SCRIPTED,
+                json!({"decision": "oversize", "oversize": shape, "size": size}),
+            ))
+            .await
+            .unwrap();
+        let before = logs.text().len();
+        decide(&plugin, &request("m", None), None).await.unwrap();
+        let grew = logs.text().len() - before;
+        assert!(
+            grew <= 2 * budget,
+            "{shape}: the log grew by {grew} bytes in one call (budget {budget})"
+        );
+        assert!(
+            plugin
+                .stats()
+                .log_dropped_bytes
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0,
+            "{shape}: what did not fit is counted"
+        );
+    }
+
+    // A stdout line over 2,048 bytes appears once, cut at 2,048, and the rest is counted.
+    let plugin = rt
+        .load(&spec(
+            "long-stdout",
+            guests::GUEST_SCRIPTED,
+            json!({"decision": "oversize", "oversize": "long-stdout", "size": 5_000}),
+        ))
+        .await
+        .unwrap();
+    let before = logs.text().len();
+    decide(&plugin, &request("m", None), None).await.unwrap();
+    let text = logs.text()[before..].to_string();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("yyyy")).collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    let run = lines[0].split(|c| c != 'y').map(str::len).max();
+    assert_eq!(run, Some(limits::MAX_LOG_LINE), "{}", lines[0]);
+    let dropped = plugin
+        .stats()
+        .log_dropped_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(dropped, (5_000 - limits::MAX_LOG_LINE) as u64);
+}

@@ -346,3 +346,116 @@ async fn a_missing_or_wrong_admin_token_is_a_401_with_a_bearer_challenge() {
         .unwrap();
     assert_eq!(right.status(), 200);
 }
+
+/// A review authority that takes 20 ms per review (a TokenReview's round trip) and accepts.
+struct SlowReviews;
+
+struct Reviewed;
+
+impl trustgate_runtime::Review for Reviewed {
+    fn authenticated(&self) -> bool {
+        true
+    }
+    fn error(&self) -> Option<&str> {
+        None
+    }
+    fn username(&self) -> &str {
+        "system:serviceaccount:workers:runner"
+    }
+    fn uid(&self) -> &str {
+        "uid-1"
+    }
+    fn groups(&self) -> &[String] {
+        &[]
+    }
+    fn audiences(&self) -> &[String] {
+        &[]
+    }
+    fn extra(&self, _key: &str) -> Option<&[String]> {
+        None
+    }
+    fn extras(&self) -> Vec<(String, Vec<String>)> {
+        Vec::new()
+    }
+    fn expires_at_ms(&self) -> Option<u64> {
+        None
+    }
+}
+
+#[async_trait::async_trait]
+impl trustgate_runtime::HostServices for SlowReviews {
+    async fn token_review(
+        &self,
+        _token: &str,
+        _audiences: &[String],
+        _cache: trustgate_runtime::CachePolicy,
+    ) -> Result<std::sync::Arc<dyn trustgate_runtime::Review>, trustgate_runtime::ReviewError> {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(std::sync::Arc::new(Reviewed))
+    }
+
+    async fn verify_jwt(
+        &self,
+        _token: &str,
+        _audiences: &[String],
+    ) -> Result<std::sync::Arc<dyn trustgate_runtime::Review>, trustgate_runtime::ReviewError> {
+        Ok(std::sync::Arc::new(Reviewed))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_holds_exactly_under_200_simultaneous_connects() {
+    // The chain takes 20 ms (a review, then an allow), so up to 200 handshakes are in flight at
+    // once; a count checked at `connect` and incremented later would let more than 50 in.
+    let cache = tempfile::tempdir().unwrap();
+    let sections = format!(
+        "[limits]\nmax_connections = 50\nmax_unauthenticated = 512\nmax_unauthenticated_per_address = 256\n\n[plugins]\ncache_dir = {:?}\n",
+        cache.path().display().to_string()
+    );
+    let chain = scripted("review", r#"decision = "review""#)
+        + &scripted(
+            "authn",
+            r#"decision = "allow", subject = "w", roles = ["worker"], skip_pairing = true"#,
+        );
+    for round in 0..20 {
+        let gw = trustgate_tests::gateway_with(
+            &sections,
+            &chain,
+            Some(std::sync::Arc::new(SlowReviews)),
+        )
+        .await;
+        let url = gw.url();
+        let clients: Vec<_> = (0..200)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let mut c = WsClient::open(&url).await;
+                    let res = c
+                        .connect(connect_params("worker", Some(token_auth(SECRET)), None))
+                        .await;
+                    (res, c)
+                })
+            })
+            .collect();
+        let (mut admitted, mut full, mut open) = (0, 0, Vec::new());
+        for client in clients {
+            let (res, c) = client.await.unwrap();
+            if res["ok"] == true {
+                admitted += 1;
+                open.push(c); // held until every answer is in: a session that left frees a slot
+            } else {
+                assert_eq!(res["error"]["code"], "RATE_LIMITED", "round {round}: {res}");
+                assert_eq!(res["error"]["details"]["reason"], "gateway-full", "{res}");
+                full += 1;
+            }
+        }
+        assert_eq!(
+            (admitted, full),
+            (50, 150),
+            "round {round}: sessions admitted vs refused"
+        );
+        assert_eq!(gw.running.state.sessions().len(), 50, "round {round}");
+        drop(open);
+        gw.running.shutdown().await;
+    }
+}

@@ -162,6 +162,15 @@ pub fn scripted(name: &str, config: &str) -> String {
 
 /// Starts a gateway with `sections` (extra TOML such as `[limits]`) and the given chain TOML.
 pub async fn gateway(sections: &str, chain: &str) -> TestGateway {
+    gateway_with(sections, chain, None).await
+}
+
+/// [`gateway`] with `services` behind the plugins' host calls (`None`: from `[kubernetes]`).
+pub async fn gateway_with(
+    sections: &str,
+    chain: &str,
+    services: Option<Arc<dyn trustgate_runtime::HostServices>>,
+) -> TestGateway {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = format!(
         "[gateway]\nlisten = \"127.0.0.1:0\"\nstate_dir = {:?}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{sections}\n\n{chain}",
@@ -169,9 +178,11 @@ pub async fn gateway(sections: &str, chain: &str) -> TestGateway {
     );
     let config = trustgate_gateway::config::Config::parse(&text, "test.toml", dir.path())
         .unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
-    let running = trustgate_gateway::start(&config)
-        .await
-        .unwrap_or_else(|e| panic!("gateway start: {e}"));
+    let running = match services {
+        Some(services) => trustgate_gateway::start_with(&config, services).await,
+        None => trustgate_gateway::start(&config).await,
+    }
+    .unwrap_or_else(|e| panic!("gateway start: {e}"));
     TestGateway { running, dir }
 }
 

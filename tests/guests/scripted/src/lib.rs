@@ -77,7 +77,8 @@ struct Config {
     veto_skip_pairing: bool,
     /// For `oversize`: which limit to exceed (`subject`, `method`, `groups`, `group`,
     /// `attributes`, `attribute-key`, `attribute-value`, `roles`, `role`, `scopes`, `scope`,
-    /// `reason`, `message`, `log`, `forged-log`) and `size`: the item count or byte length.
+    /// `reason`, `message`, `log`, `forged-log`, `tiny-logs`, `control-log`, `long-stdout`) and
+    /// `size`: the item count or byte length.
     /// For `calls` (a micro-benchmark): `reason` names the accessor, `size` the count.
     oversize: Option<String>,
     #[serde(default)]
@@ -149,6 +150,16 @@ impl Scripted {
                 }
             }
             Some("forged-log") => log(LogLevel::Warn, "innocent\nERROR forged line\u{1b}[31m"),
+            // `size` one-byte log lines.
+            Some("tiny-logs") => {
+                for _ in 0..n {
+                    log(LogLevel::Info, "z");
+                }
+            }
+            // One log line of `size` control characters (each escapes to several bytes).
+            Some("control-log") => log(LogLevel::Info, &"\u{1}".repeat(n)),
+            // One stdout line of `size` bytes.
+            Some("long-stdout") => println!("{}", "y".repeat(n)),
             _ => {}
         }
         Decision::allow(id)

@@ -543,6 +543,8 @@ async fn without_nats_logins_go_on_and_writes_are_unavailable_until_it_returns()
         res["error"]["details"]["reason"], "pairing-store-unavailable",
         "{res}"
     );
+    // Every `pairing-store-unavailable` says when to retry, whichever backend holds the state.
+    assert!(res["error"]["retryAfterMs"].as_u64().is_some(), "{res}");
 
     // An explanation needs the approved devices: without NATS it fails, saying why, within
     // the configured bound (request_timeout_ms = 1000) rather than explaining from nothing.

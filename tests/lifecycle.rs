@@ -519,6 +519,7 @@ async fn a_store_that_cannot_write_refuses_writes_with_a_reason_and_signature_lo
         "pairing-store-unavailable"
     );
     assert_eq!(res["error"]["retryable"], true);
+    assert!(res["error"]["retryAfterMs"].as_u64().is_some(), "{res}");
     let (status, body) = admin(&gw, "POST", &format!("/api/pairing/{rid}/approve")).await;
     assert_eq!(status, 503, "{body}");
     let (_, list) = admin(&gw, "GET", "/api/pairing").await;

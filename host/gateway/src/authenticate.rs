@@ -202,7 +202,8 @@ async fn file_pairing_request(
             return Refusal {
                 error: Box::new(
                     ErrorBody::new(ErrorCode::Unavailable, "the pairing store is unavailable")
-                        .with_details(json!({"reason": "pairing-store-unavailable"})),
+                        .with_details(json!({"reason": "pairing-store-unavailable"}))
+                        .with_retry_after(Some(1_000)),
                 ),
                 cause: format!("pairing request of device {}: {e}", needed.device_id),
                 plugin: None,

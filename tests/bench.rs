@@ -1098,6 +1098,9 @@ fn main() {
         if matches!(which.as_str(), "all" | "cluster") {
             cluster(&mut out).await;
         }
+        if matches!(which.as_str(), "all" | "abuse") {
+            abuse(&mut out).await;
+        }
     });
     if matches!(which.as_str(), "all" | "load") {
         load(&mut out);
@@ -1333,4 +1336,130 @@ fn today() -> String {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
+}
+
+/// One honest handshake from 127.0.0.1: open, `connect` → `hello-ok`, close. Its latency.
+async fn honest_handshake(url: &str) -> Duration {
+    let started = Instant::now();
+    let mut c = WsClient::open_from(url, "127.0.0.1".parse().unwrap()).await;
+    let res = c
+        .connect(connect_params(
+            "worker",
+            Some(json!({"method": "token", "token": "good"})),
+            None,
+        ))
+        .await;
+    assert_eq!(res["ok"], true, "{res}");
+    let took = started.elapsed();
+    drop(c);
+    took
+}
+
+/// The attackers of the abuse scenario, each from its own loopback address until `stop`:
+/// sockets held open without a word (127.0.0.2–5) and handshakes with a bad token as fast as
+/// they are answered (127.0.0.6–9).
+fn attackers(url: &str, stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinSet<u64> {
+    use futures::SinkExt;
+    let mut set = tokio::task::JoinSet::new();
+    for i in 2..=5u8 {
+        let (url, stop) = (url.to_string(), stop.clone());
+        set.spawn(async move {
+            let local: std::net::IpAddr = format!("127.0.0.{i}").parse().unwrap();
+            let mut held = Vec::new();
+            let mut opened = 0u64;
+            while !*stop.borrow() {
+                let stream = trustgate_tests::client::tcp_from(&url, local).await;
+                if let Ok((ws, _)) = tokio_tungstenite::client_async(url.as_str(), stream).await {
+                    held.push(ws);
+                    opened += 1;
+                }
+                if held.len() >= 64 {
+                    held.remove(0); // the gateway closed the oldest at its deadline anyway
+                }
+                tokio::task::yield_now().await;
+            }
+            opened
+        });
+    }
+    for i in 6..=9u8 {
+        let (url, stop) = (url.to_string(), stop.clone());
+        set.spawn(async move {
+            let local: std::net::IpAddr = format!("127.0.0.{i}").parse().unwrap();
+            let mut sent = 0u64;
+            while !*stop.borrow() {
+                let stream = trustgate_tests::client::tcp_from(&url, local).await;
+                let Ok((mut ws, _)) = tokio_tungstenite::client_async(url.as_str(), stream).await
+                else {
+                    continue;
+                };
+                let connect = json!({"type": "req", "id": "x", "method": "connect", "params": connect_params("worker", Some(json!({"method": "token", "token": "bad"})), None)});
+                let _ = ws
+                    .send(tokio_tungstenite::tungstenite::Message::text(connect.to_string()))
+                    .await;
+                // Wait for the answer or the close, whichever the gateway gives.
+                let _ = futures::StreamExt::next(&mut ws).await;
+                let _ = futures::StreamExt::next(&mut ws).await;
+                sent += 1;
+            }
+            sent
+        });
+    }
+    set
+}
+
+/// Honest clients' handshake latency alone and while hostile addresses hold sockets open and
+/// hammer the gateway with bad credentials (the pre-auth budget and the failed-handshake
+/// throttle at their defaults).
+async fn abuse(out: &mut String) {
+    const N: usize = 400;
+    let gw = trustgate_tests::gateway(
+        "[audit]\noutput = \"off\"\n",
+        &trustgate_tests::scripted(
+            "authn",
+            r#"decision = "allow", method = "token", token = "good", subject = "w", roles = ["worker"], skip_pairing = true"#,
+        ),
+    )
+    .await;
+    let url = gw.url();
+    let quantiles = |mut v: Vec<Duration>| {
+        v.sort();
+        (v[v.len() / 2], v[v.len() * 99 / 100])
+    };
+    for _ in 0..50 {
+        honest_handshake(&url).await;
+    }
+    let mut calm = Vec::with_capacity(N);
+    for _ in 0..N {
+        calm.push(honest_handshake(&url).await);
+    }
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut set = attackers(&url, stop);
+    // Let the attack reach its steady state: every hostile address at its caps.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut under = Vec::with_capacity(N);
+    for _ in 0..N {
+        under.push(honest_handshake(&url).await);
+    }
+    stop_tx.send_replace(true);
+    let mut attacks = 0;
+    while let Some(Ok(n)) = set.join_next().await {
+        attacks += n;
+    }
+    let ((c50, c99), (u50, u99)) = (quantiles(calm), quantiles(under));
+    writeln!(
+        out,
+        "### 8. Honest clients under abuse ({N} sequential honest handshakes from 127.0.0.1; attackers on 127.0.0.2–9 in the same process: 4 addresses holding sockets open, 4 sending bad tokens; {attacks} hostile sockets and handshakes during the run; default limits)\n"
+    )
+    .unwrap();
+    writeln!(out, "| honest handshakes | p50 | p99 |\n|---|---|---|").unwrap();
+    writeln!(out, "| alone | {} | {} |", ms(c50), ms(c99)).unwrap();
+    writeln!(out, "| under abuse | {} | {} |", ms(u50), ms(u99)).unwrap();
+    let ratio = u99.as_secs_f64() / c99.as_secs_f64();
+    writeln!(
+        out,
+        "\n| goal | result | |\n|---|---|---|\n| honest p99 under abuse ≤ 2× alone (the attackers share the 2 cores) | {ratio:.2}× | {} |\n",
+        verdict(ratio <= 2.0)
+    )
+    .unwrap();
+    gw.running.shutdown().await;
 }

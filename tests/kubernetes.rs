@@ -471,3 +471,59 @@ async fn a_deleted_pods_live_session_is_closed_within_one_interval() {
     );
     assert_eq!(survivor.request("p", "ping", json!({})).await["ok"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dev_token_bound_to_a_chosen_pod_shows_that_pod_in_the_session() {
+    // `trustgate dev token` signs offline with the issuer key `dev cluster` serves from.
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("issuer-key.pem");
+    let api = ApiServer::start_with("127.0.0.1:0".parse().unwrap(), Some(&key))
+        .await
+        .unwrap();
+    let kubeconfig = api.kubeconfig(dir.path()).unwrap();
+    let gw = gateway(
+        &format!(
+            "[kubernetes]\nkubeconfig = {:?}\n",
+            kubeconfig.display().to_string()
+        ),
+        &plugin("tokenreview"),
+    )
+    .await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trustgate-cli"))
+        .args([
+            "dev",
+            "token",
+            "--namespace",
+            "workers",
+            "--service-account",
+            "runner",
+        ])
+        .args([
+            "--pod",
+            "runner-web-7",
+            "--pod-uid",
+            "5f0c-web-7",
+            "--node",
+            "node-7",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let (ok, token) = trustgate_tests::status_and_text(&out);
+    assert!(ok, "{token}");
+    let mut c = WsClient::open(&gw.url()).await;
+    let res = c
+        .connect(connect_params(
+            "worker",
+            Some(json!({"method": "k8s-sa-trust", "token": token.trim()})),
+            None,
+        ))
+        .await;
+    assert_eq!(res["ok"], true, "{res}");
+    let info = c.request("i", "session.info", json!({})).await;
+    let attrs = &info["payload"]["attributes"];
+    assert_eq!(attrs["pod-name"], "runner-web-7", "{info}");
+    assert_eq!(attrs["pod-uid"], "5f0c-web-7", "{info}");
+    assert_eq!(attrs["node-name"], "node-7", "{info}");
+}

@@ -26,6 +26,39 @@ fn namespace_cidr() -> PathBuf {
     policies::javascript("namespace-cidr-js", &example("namespace-cidr-js"), "app.js")
 }
 
+/// The test policies with mistakes on known lines (`tests/policies/`).
+fn test_policies() -> PathBuf {
+    policies::root().join("tests/policies")
+}
+
+fn raising_py() -> PathBuf {
+    policies::python("raising-py", &test_policies().join("raising-py"), "app")
+}
+
+fn throwing_js() -> PathBuf {
+    policies::javascript(
+        "throwing-js",
+        &test_policies().join("throwing-js"),
+        "app.js",
+    )
+}
+
+/// `trustgate ARGS` in `dir` with the compile cache in `cache`, the default log level:
+/// (success, stdout + stderr, how long it took).
+fn cli_in(dir: &Path, cache: &Path, args: &[&str]) -> (bool, String, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let out = Command::new(CLI)
+        .current_dir(dir)
+        .args(args)
+        .env("TRUSTGATE_CACHE_DIR", cache)
+        .env_remove("TRUSTGATE_LOG")
+        .output()
+        .expect("run trustgate");
+    let took = started.elapsed();
+    let (ok, text) = trustgate_tests::status_and_text(&out);
+    (ok, text, took)
+}
+
 /// Compiled components shared by every gateway of the suite, so each policy is compiled once.
 fn plugin_cache() -> String {
     format!(
@@ -154,6 +187,7 @@ fn plugin_test(dir: &Path, args: &[&str]) -> (bool, String) {
         .args(args)
         .arg("--cache-dir")
         .arg(cache)
+        .env_remove("TRUSTGATE_LOG")
         .output()
         .expect("run trustgate plugin test");
     trustgate_tests::status_and_text(&out)
@@ -256,4 +290,111 @@ fn a_scaffolded_python_plugin_builds_and_passes_its_cases() {
 #[test]
 fn a_scaffolded_javascript_plugin_builds_and_passes_its_cases() {
     scaffold_builds_and_passes("js");
+}
+
+#[test]
+fn an_exception_in_a_policy_is_reported_at_its_own_file_and_line() {
+    // Without TRUSTGATE_LOG: what `plugin test` prints by itself.
+    for (wasm, place, message) in [
+        (
+            raising_py(),
+            "app.py:17",
+            "AttributeError: 'Request' object has no attribute 'rol'",
+        ),
+        (throwing_js(), "app.js:13", "no rule for role worker"),
+    ] {
+        let (ok, report) = plugin_test(
+            &test_policies(),
+            &[
+                wasm.to_str().unwrap(),
+                "--config",
+                "good.toml",
+                "--cases",
+                "cases.toml",
+            ],
+        );
+        assert!(!ok, "{report}");
+        assert!(report.contains(place), "{place} not named:\n{report}");
+        assert!(report.contains(message), "{message} not shown:\n{report}");
+        assert!(!report.contains("wasm trap"), "{report}");
+    }
+}
+
+#[test]
+fn a_policy_rejecting_its_configuration_names_the_key_and_unknown_keys_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    for (lang, wasm) in [("python", raising_py()), ("js", throwing_js())] {
+        for (config, key, message) in [
+            ("limit = 7", "auth.plugins[0].config.limit", "must be"),
+            (
+                "limit = 3, limt = 4",
+                "auth.plugins[0].config.limt",
+                "unknown key",
+            ),
+        ] {
+            let file = dir.path().join(format!("{lang}.toml"));
+            std::fs::write(
+                &file,
+                format!(
+                    "[gateway]\nstate_dir = \"state\"\n{}",
+                    plugin("policy", &wasm, config)
+                ),
+            )
+            .unwrap();
+            let (ok, out, _) = cli_in(
+                dir.path(),
+                &cache,
+                &["config", "check", file.to_str().unwrap()],
+            );
+            assert!(!ok, "{lang} {config}: {out}");
+            assert!(
+                out.contains(key),
+                "{lang} {config}: {key} not named:\n{out}"
+            );
+            assert!(out.contains(message), "{lang} {config}:\n{out}");
+        }
+    }
+}
+
+#[test]
+fn a_second_config_check_and_auth_explain_reuse_the_compiled_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let config = format!(
+        "[gateway]\nstate_dir = \"state\"\n{}\n{}",
+        scripted(
+            "authn",
+            r#"decision = "allow", subject = "system:serviceaccount:prod-a:runner", roles = ["worker"], skip_pairing = true"#
+        ),
+        plugin(
+            "office-hours",
+            &office_hours(),
+            "from_hour = 0, to_hour = 23"
+        )
+    );
+    std::fs::write(dir.path().join("gateway.toml"), config).unwrap();
+    let check = ["config", "check", "gateway.toml"];
+    let explain = [
+        "auth",
+        "explain",
+        "--config",
+        "gateway.toml",
+        "--role",
+        "worker",
+        "--method",
+        "test",
+    ];
+    for args in [&check[..], &explain[..]] {
+        let (ok, out, _) = cli_in(dir.path(), &cache, args);
+        assert!(ok, "{args:?}: {out}");
+        // The first run compiled into the shared cache; the second loads from it. (A wide
+        // bound on a behaviour — reuse — not a speed goal: a compile takes tens of seconds.)
+        let (ok, out, took) = cli_in(dir.path(), &cache, args);
+        assert!(ok, "{args:?}: {out}");
+        assert!(
+            took < std::time::Duration::from_secs(1),
+            "{args:?} took {took:?} the second time:\n{out}"
+        );
+    }
 }

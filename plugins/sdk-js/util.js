@@ -7,24 +7,52 @@ export function glob(pattern, text) {
   return new RegExp(`^${re}$`).test(text);
 }
 
+// Addresses are arrays of 16-bit groups (2 for IPv4, 8 for IPv6) compared group by group:
+// plain numbers, because BigInt arithmetic in the engine's interpreter (no JIT inside the
+// sandbox) cost more than everything else a typical policy does per call.
+
+/** A decimal byte (`0`–`255`, at most three digits), or -1. */
+function byte(p) {
+  if (p.length === 0 || p.length > 3) return -1;
+  let v = 0;
+  for (let i = 0; i < p.length; i++) {
+    const d = p.charCodeAt(i) - 48;
+    if (d < 0 || d > 9) return -1;
+    v = v * 10 + d;
+  }
+  return v > 255 ? -1 : v;
+}
+
 function ipv4(ip) {
   const parts = ip.split(".");
   if (parts.length !== 4) return null;
-  let n = 0n;
-  for (const p of parts) {
-    if (!/^\d{1,3}$/.test(p) || Number(p) > 255) return null;
-    n = n * 256n + BigInt(p);
+  const b = parts.map(byte);
+  if (b.some((v) => v < 0)) return null;
+  return [(b[0] << 8) | b[1], (b[2] << 8) | b[3]];
+}
+
+/** A hexadecimal group (1–4 digits), or -1. */
+function group(g) {
+  if (g.length === 0 || g.length > 4) return -1;
+  let v = 0;
+  for (let i = 0; i < g.length; i++) {
+    const c = g.charCodeAt(i);
+    const d = c >= 48 && c <= 57 ? c - 48 : c >= 97 && c <= 102 ? c - 87 : c >= 65 && c <= 70 ? c - 55 : -1;
+    if (d < 0) return -1;
+    v = v * 16 + d;
   }
-  return n;
+  return v;
 }
 
 function ipv6(ip) {
   // An embedded IPv4 tail (`::ffff:10.1.2.3`) is two groups written another way.
+  let tail = [];
   if (ip.includes(".")) {
-    const dot = ip.lastIndexOf(":");
-    const v4 = ipv4(ip.slice(dot + 1));
+    const colon = ip.lastIndexOf(":");
+    const v4 = ipv4(ip.slice(colon + 1));
     if (v4 === null) return null;
-    ip = `${ip.slice(0, dot + 1)}${(v4 >> 16n).toString(16)}:${(v4 & 0xffffn).toString(16)}`;
+    tail = v4;
+    ip = ip.slice(0, colon + 1) + "0:0";
   }
   const halves = ip.split("::");
   if (halves.length > 2) return null;
@@ -33,22 +61,30 @@ function ipv6(ip) {
   const rest = halves.length === 2 ? groups(halves[1]) : [];
   const given = head.length + rest.length;
   if (halves.length === 1 ? given !== 8 : given > 7) return null;
-  let n = 0n;
-  for (const g of [...head, ...Array(8 - given).fill("0"), ...rest]) {
-    if (!/^[0-9a-fA-F]{1,4}$/.test(g)) return null;
-    n = (n << 16n) | BigInt(parseInt(g, 16));
+  const out = [];
+  for (const g of head) out.push(group(g));
+  for (let i = given; i < 8; i++) out.push(0);
+  for (const g of rest) out.push(group(g));
+  if (out.some((v) => v < 0)) return null;
+  if (tail.length === 2) {
+    out[6] = tail[0];
+    out[7] = tail[1];
   }
-  return n;
+  return out;
 }
 
-/** An address as [bits, value], or null if it is not one. */
+/** An address as its groups, or null if it is not one. */
 function address(ip) {
-  if (ip.includes(":")) {
-    const v = ipv6(ip);
-    return v === null ? null : [128, v];
-  }
-  const v = ipv4(ip);
-  return v === null ? null : [32, v];
+  return ip.includes(":") ? ipv6(ip) : ipv4(ip);
+}
+
+/** Whether `a` and `b` (same family) agree on their first `len` bits. */
+function samePrefix(a, b, len) {
+  let i = 0;
+  for (; len >= 16; len -= 16, i++) if (a[i] !== b[i]) return false;
+  if (len === 0) return true;
+  const mask = (0xffff << (16 - len)) & 0xffff;
+  return (a[i] & mask) === (b[i] & mask);
 }
 
 /**
@@ -59,13 +95,12 @@ export function inCidr(ip, cidr) {
   const [net, bits, extra] = String(cidr).split("/");
   const a = address(String(ip ?? ""));
   const b = address(net);
-  if (a === null || b === null || a[0] !== b[0] || extra !== undefined) return false;
-  const width = a[0];
+  if (a === null || b === null || a.length !== b.length || extra !== undefined) return false;
+  const width = a.length * 16;
   if (bits !== undefined && !/^\d{1,3}$/.test(bits)) return false;
   const len = bits === undefined ? width : Number(bits);
   if (len > width) return false;
-  const shift = BigInt(width - len);
-  return a[1] >> shift === b[1] >> shift;
+  return samePrefix(a, b, len);
 }
 
 /**
@@ -91,14 +126,13 @@ export function cidrMatcher(cidrs) {
     if (a === null || extra !== undefined || (bits !== undefined && !/^\d{1,3}$/.test(bits))) {
       throw new Error(`${cidr} is not a network (write e.g. 10.0.0.0/8 or fd00::/8)`);
     }
-    const len = bits === undefined ? a[0] : Number(bits);
-    if (len > a[0]) throw new Error(`${cidr}: a /${len} prefix is too long`);
-    const shift = BigInt(a[0] - len);
-    return [a[0], shift, a[1] >> shift];
+    const len = bits === undefined ? a.length * 16 : Number(bits);
+    if (len > a.length * 16) throw new Error(`${cidr}: a /${len} prefix is too long`);
+    return [a, len];
   });
   return (ip) => {
     const a = address(String(ip ?? ""));
-    return a !== null && nets.some(([w, shift, prefix]) => w === a[0] && a[1] >> shift === prefix);
+    return a !== null && nets.some(([net, len]) => net.length === a.length && samePrefix(a, net, len));
   };
 }
 

@@ -170,6 +170,8 @@ pub struct TokenRequest {
     pub pod: Option<String>,
     /// Node name for the pod.
     pub node: Option<String>,
+    /// The pod's UID (`None`: the issuer's own for that pod name, made up the first time).
+    pub pod_uid: Option<String>,
     /// Issue-time override (Unix seconds), to mint already-expired tokens.
     pub issued_at: Option<u64>,
 }
@@ -184,6 +186,7 @@ impl TokenRequest {
             expiration_seconds: 3600,
             pod: Some(format!("{service_account}-{}", &uid()[..5])),
             node: Some("node-1".into()),
+            pod_uid: None,
             issued_at: None,
         }
     }
@@ -216,11 +219,12 @@ impl Issuer {
             .or_insert_with(uid)
             .clone();
         let pod = req.pod.as_ref().map(|name| {
-            let pod_uid = self
-                .pods
-                .entry(format!("{}/{name}", req.namespace))
-                .or_insert_with(uid)
-                .clone();
+            let entry = self.pods.entry(format!("{}/{name}", req.namespace));
+            let pod_uid = match &req.pod_uid {
+                // A given UID is the pod's from now on (as a recreated pod's would be).
+                Some(given) => entry.insert_entry(given.clone()).get().clone(),
+                None => entry.or_insert_with(uid).clone(),
+            };
             Ref {
                 name: name.clone(),
                 uid: pod_uid,

@@ -75,6 +75,8 @@ pub struct Running {
     pub state: Arc<GatewayState>,
     /// What plugins' host calls reach (kept for reloads).
     services: Arc<dyn HostServices>,
+    /// The compile cache it started with (kept for reloads).
+    cache_dir: Option<std::path::PathBuf>,
     /// The Kubernetes client, if configured.
     pub kubernetes: Option<Arc<trustgate_k8s::Kubernetes>>,
     stop: watch::Sender<bool>,
@@ -96,6 +98,7 @@ impl Running {
         Reloader {
             state: self.state.clone(),
             services: self.services.clone(),
+            cache_dir: self.cache_dir.clone(),
         }
     }
 
@@ -255,6 +258,7 @@ async fn start_inner(
         tls,
         state,
         services,
+        cache_dir: config.plugins.cache_dir.clone(),
         kubernetes,
         stop,
         tasks,

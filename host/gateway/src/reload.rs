@@ -19,6 +19,9 @@ use trustgate_runtime::{HostServices, Runtime};
 pub struct Reloader {
     pub(crate) state: Arc<GatewayState>,
     pub(crate) services: Arc<dyn HostServices>,
+    /// The compile cache the gateway started with: a reloaded file that names none keeps it,
+    /// so a reload of an unchanged plugin loads its compiled artifact.
+    pub(crate) cache_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -32,7 +35,11 @@ impl Reloader {
     /// `[[auth.plugins]]` (listeners, limits, Kubernetes client) need a restart.
     pub async fn reload(&self, config: &Config) -> Result<usize, StartError> {
         let loaded = async {
-            let runtime = Runtime::new(config.plugins.clone(), self.services.clone())?;
+            let mut settings = config.plugins.clone();
+            if settings.cache_dir.is_none() {
+                settings.cache_dir = self.cache_dir.clone();
+            }
+            let runtime = Runtime::new(settings, self.services.clone())?;
             let (chain, plugins) = config.load_chain(&runtime).await?;
             log_chain(&plugins);
             Ok::<_, StartError>(LoadedChain {

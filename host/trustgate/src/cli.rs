@@ -85,8 +85,12 @@ enum PluginCommand {
     },
     /// Load a component and run its `configure` with a configuration table.
     Check {
-        /// The component file.
-        file: PathBuf,
+        /// The component file (or use --builtin).
+        #[arg(required_unless_present = "builtin")]
+        file: Option<PathBuf>,
+        /// A first-party plugin instead of a file (`cel`, `allowlist`, `k8s-sa-trust`).
+        #[arg(long, conflicts_with = "file")]
+        builtin: Option<String>,
         /// A TOML file holding the plugin's configuration table.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -148,6 +152,16 @@ enum DevCommand {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
+        /// The pod the token is bound to (default: `<service-account>-<random>`), as a
+        /// projected token names it (`kubernetes.io.pod.name`).
+        #[arg(long)]
+        pod: Option<String>,
+        /// The bound pod's UID (default: one made up for that pod name).
+        #[arg(long)]
+        pod_uid: Option<String>,
+        /// The node the bound pod runs on.
+        #[arg(long, default_value = "node-1")]
+        node: String,
         /// The issuer's directory.
         #[arg(long, default_value = "trustgate-dev")]
         dir: PathBuf,
@@ -299,11 +313,15 @@ async fn run(cli: Cli) -> Result<()> {
             service_account,
             audience,
             ttl,
+            pod,
+            pod_uid,
+            node,
             dir,
         }) => {
+            let binding = demo::PodBinding { pod, pod_uid, node };
             println!(
                 "{}",
-                demo::token(&dir, &namespace, &service_account, &audience, ttl)?
+                demo::token(&dir, &namespace, &service_account, &audience, ttl, binding)?
             );
             Ok(())
         }
@@ -312,9 +330,17 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Plugin(PluginCommand::Inspect { file }) => commands::plugin::inspect(file),
         Command::Plugin(PluginCommand::Check {
             file,
+            builtin,
             config,
             credentials,
-        }) => commands::plugin::check(file, config, credentials == CredentialsArg::Read).await,
+        }) => {
+            commands::plugin::check(
+                source(file, builtin)?,
+                config,
+                credentials == CredentialsArg::Read,
+            )
+            .await
+        }
         Command::Plugin(PluginCommand::New { name, lang, dir }) => {
             let dir = commands::new::run(&name, lang, dir)?;
             println!(
@@ -331,13 +357,8 @@ async fn run(cli: Cli) -> Result<()> {
             credentials,
             cache_dir,
         }) => {
-            let source = match (file, builtin) {
-                (Some(f), _) => commands::plugin::Source::File(f),
-                (None, Some(b)) => commands::plugin::Source::Builtin(b),
-                (None, None) => bail!("give a component file or --builtin NAME"),
-            };
             commands::plugin::test(
-                source,
+                source(file, builtin)?,
                 config,
                 cases,
                 credentials == CredentialsArg::Read,
@@ -354,11 +375,23 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// A plugin named by file or by `--builtin`.
+fn source(file: Option<PathBuf>, builtin: Option<String>) -> Result<commands::plugin::Source> {
+    Ok(match (file, builtin) {
+        (Some(f), _) => commands::plugin::Source::File(f),
+        (None, Some(b)) => commands::plugin::Source::Builtin(b),
+        (None, None) => bail!("give a component file or --builtin NAME"),
+    })
+}
+
+/// The configuration, with the shared compile cache unless it names its own.
 fn load_config(file: Option<&PathBuf>) -> Result<Config> {
-    Ok(match file {
+    let mut config = match file {
         Some(path) => Config::from_file(path)?,
         None => Config::embedded_default()?,
-    })
+    };
+    config.plugins.cache_dir = commands::cache::dir(config.plugins.cache_dir.take());
+    Ok(config)
 }
 
 async fn serve(config_path: Option<PathBuf>) -> Result<()> {
@@ -552,10 +585,8 @@ fn utc(ms: u64) -> String {
 
 async fn check_config(file: Option<PathBuf>) -> Result<()> {
     let config = load_config(file.as_ref())?;
-    // A check compiles in memory: it must not create the cache directory a server would use.
-    let mut settings = config.plugins.clone();
-    settings.cache_dir = None;
-    let runtime = commands::plugin::runtime(settings)?;
+    // The check compiles into the cache a server (and the next check) loads from.
+    let runtime = commands::plugin::runtime(config.plugins.clone())?;
     let (_, plugins) = config.load_chain(&runtime).await?;
     let origin = file.map_or("<embedded default>".to_string(), |p| {
         p.display().to_string()

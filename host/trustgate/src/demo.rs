@@ -302,15 +302,34 @@ pub async fn run(dir: &Path) -> Result<()> {
 }
 
 /// `trustgate dev token`: mints a token from the local issuer.
+/// The pod a `dev token` is bound to; every field has a default.
+#[derive(Debug, Clone, Default)]
+pub struct PodBinding {
+    /// The pod's name (default: `<service-account>-<random>`).
+    pub pod: Option<String>,
+    /// The pod's UID (default: made up for that name).
+    pub pod_uid: Option<String>,
+    /// The node it runs on.
+    pub node: String,
+}
+
 pub fn token(
     dir: &Path,
     namespace: &str,
     service_account: &str,
     audience: &str,
     ttl: u64,
+    binding: PodBinding,
 ) -> Result<String> {
     let mut request = TokenRequest::new(namespace, service_account, audience);
     request.expiration_seconds = ttl;
+    if let Some(pod) = binding.pod {
+        request.pod = Some(pod);
+    }
+    request.pod_uid = binding.pod_uid;
+    if !binding.node.is_empty() {
+        request.node = Some(binding.node);
+    }
     let (token, _) = trustgate_devcluster::mint_offline(&issuer_key(dir), &request)?;
     Ok(token)
 }

@@ -195,4 +195,34 @@ fn dev_token_mints_a_service_account_token_from_the_local_issuer() {
     // the same issuer key signs the next token
     let header = |t: &str| t.split('.').next().unwrap().to_string();
     assert_eq!(header(&first), header(&mint()));
+
+    // Bound to a pod of the author's choosing, as pod-bound rules need.
+    let out = trustgate(&[
+        "dev",
+        "token",
+        "--namespace",
+        "team-a",
+        "--service-account",
+        "builder",
+        "--pod",
+        "builder-7f9c",
+        "--pod-uid",
+        "0b8e5a52-pod",
+        "--node",
+        "node-7",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_string();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let k8s = &claims["kubernetes.io"];
+    assert_eq!(k8s["pod"]["name"], "builder-7f9c", "{claims}");
+    assert_eq!(k8s["pod"]["uid"], "0b8e5a52-pod", "{claims}");
+    assert_eq!(k8s["node"]["name"], "node-7", "{claims}");
 }

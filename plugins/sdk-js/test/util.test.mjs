@@ -14,6 +14,12 @@ test("inCidr matches IPv4 and IPv6 networks and nothing malformed", () => {
     ["::1", "::1/128", true],
     ["2001:db8::1", "2001:db8::/32", true],
     ["2001:db9::1", "2001:db8::/32", false],
+    // prefixes that end inside a 16-bit group
+    ["10.15.2.3", "10.0.0.0/12", true],
+    ["10.16.0.1", "10.0.0.0/12", false],
+    ["fd00::1", "fc00::/7", true],
+    ["fe00::1", "fc00::/7", false],
+    ["FD00::1", "fd00::/8", true],
     ["1:2:3:4:5:6:7:8", "1:2:3:4:5:6:7:0/112", true],
     ["::ffff:10.1.2.3", "::ffff:10.0.0.0/104", true],
     ["::ffff:11.1.2.3", "::ffff:10.0.0.0/104", false],

@@ -61,7 +61,8 @@ fn device(path: &PathBuf) -> Result<(String, String)> {
 
 /// Runs the explanation and prints it.
 pub(crate) async fn run(args: ExplainArgs) -> Result<()> {
-    let config = Config::from_file(&args.config)?;
+    let mut config = Config::from_file(&args.config)?;
+    config.plugins.cache_dir = super::cache::dir(config.plugins.cache_dir.take());
     let token = match &args.token_file {
         Some(path) => Some(
             std::fs::read_to_string(path)

@@ -26,7 +26,10 @@ pub(crate) fn runtime(settings: RuntimeSettings) -> Result<Runtime> {
 
 /// `trustgate plugin inspect FILE`.
 pub(crate) fn inspect(file: PathBuf) -> Result<()> {
-    let runtime = runtime(RuntimeSettings::default())?;
+    let runtime = runtime(RuntimeSettings {
+        cache_dir: super::cache::dir(None),
+        ..RuntimeSettings::default()
+    })?;
     let bytes = read_file(&file)?;
     let origin = file.display().to_string();
     let info = runtime.inspect(&origin, &bytes)?;
@@ -79,19 +82,29 @@ fn config_table(config: Option<&PathBuf>) -> Result<serde_json::Value> {
 
 /// `trustgate plugin check FILE`.
 pub(crate) async fn check(
-    file: PathBuf,
+    source: Source,
     config: Option<PathBuf>,
     read_credentials: bool,
 ) -> Result<()> {
     let table = config_table(config.as_ref())?;
-    let runtime = runtime(RuntimeSettings::default())?;
-    let bytes = read_file(&file)?;
-    let origin = file.display().to_string();
+    let runtime = runtime(RuntimeSettings {
+        cache_dir: super::cache::dir(None),
+        ..RuntimeSettings::default()
+    })?;
+    let (name, origin, bytes) = match source {
+        Source::File(file) => (
+            file.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "plugin".into()),
+            file.display().to_string(),
+            read_file(&file)?,
+        ),
+        Source::Builtin(name) => {
+            let bytes = builtin_bytes(&name)?;
+            (name.clone(), format!("builtin:{name}"), bytes.to_vec())
+        }
+    };
     let compiled = runtime.compile(&origin, &bytes)?;
-    let name = file
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "plugin".into());
     let grants = Grants { read_credentials };
     runtime
         .instantiate(&name, &compiled, &table, grants)
@@ -115,7 +128,7 @@ pub(crate) async fn test(
     let table = config_table(config.as_ref())?;
     let stubs = Arc::new(Stubs::default());
     let settings = RuntimeSettings {
-        cache_dir,
+        cache_dir: super::cache::dir(cache_dir),
         ..RuntimeSettings::default()
     };
     let runtime = Runtime::new(settings, stubs.clone())?;
@@ -127,16 +140,7 @@ pub(crate) async fn test(
             PluginSource::File { path, sha256: None },
         ),
         Source::Builtin(name) => {
-            let Some(bytes) = trustgate_builtins::builtin(&name) else {
-                let names: Vec<&str> = trustgate_builtins::BUILTINS
-                    .iter()
-                    .map(|(n, _)| *n)
-                    .collect();
-                bail!(
-                    "no built-in plugin named `{name}` (built-ins: {})",
-                    names.join(", ")
-                );
-            };
+            let bytes = builtin_bytes(&name)?;
             (
                 name.clone(),
                 PluginSource::bytes(format!("built-in plugin `{name}`"), bytes),
@@ -157,4 +161,21 @@ pub(crate) async fn test(
         bail!("some cases failed");
     }
     Ok(())
+}
+
+/// A first-party plugin's component, or an error listing the ones there are.
+fn builtin_bytes(name: &str) -> Result<&'static [u8]> {
+    match trustgate_builtins::builtin(name) {
+        Some(bytes) => Ok(bytes),
+        None => {
+            let names: Vec<&str> = trustgate_builtins::BUILTINS
+                .iter()
+                .map(|(n, _)| *n)
+                .collect();
+            bail!(
+                "no built-in plugin named `{name}` (built-ins: {})",
+                names.join(", ")
+            )
+        }
+    }
 }

@@ -167,5 +167,11 @@ mod tests {
         assert_eq!(locate(text, "auth.plugins[1].sha256"), Some((9, 1)));
         assert_eq!(locate(text, "auth.plugins[0].builtin"), Some((5, 1)));
         assert_eq!(locate(text, "auth.nothing"), None);
+        let rules =
+            "[[auth.plugins]]\nbuiltin = \"cel\"\n\n[[auth.plugins.config.rules]]\nallow = 'x'\n";
+        assert_eq!(
+            locate(rules, "auth.plugins[0].config.rules[0].allow"),
+            Some((5, 1))
+        );
     }
 }

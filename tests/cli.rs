@@ -128,17 +128,25 @@ expect = { decision = "deny", code = "forbidden", reason = "operator-needs-mfa" 
     .unwrap();
     let (ok, out) = cel_cases(dir.path(), "config.toml", "cases.toml");
     assert!(!ok, "a failing case must fail the command:\n{out}");
-    assert!(out.contains("ok    a prod worker is let through"), "{out}");
     assert!(
-        out.contains(
-            "FAIL  a blocked network is wrongly expected to pass\n      - expected: allow subject=system:serviceaccount:prod-a:runner\n      + actual:   deny code=forbidden reason=blocked-network"
-        ),
+        out.contains("ok    a prod worker is let through  ("),
+        "{out}"
+    );
+    // Each case's call time, and the median.
+    assert!(out.contains(" µs)"), "{out}");
+    assert!(out.contains("median call "), "{out}");
+    assert!(
+        out.contains(&format!(
+            "{}\n      - expected: allow subject=system:serviceaccount:prod-a:runner\n      + actual:   deny code=forbidden reason=blocked-network",
+            line_of(&out, "FAIL  a blocked network is wrongly expected to pass  (")
+        )),
         "{out}"
     );
     assert!(
-        out.contains(
-            "FAIL  a wrong reason is a failure too\n      - expected: deny code=forbidden reason=operator-needs-mfa\n      + actual:   deny code=forbidden reason=operator-needs-tls"
-        ),
+        out.contains(&format!(
+            "{}\n      - expected: deny code=forbidden reason=operator-needs-mfa\n      + actual:   deny code=forbidden reason=operator-needs-tls",
+            line_of(&out, "FAIL  a wrong reason is a failure too  (")
+        )),
         "{out}"
     );
     assert!(out.contains("1 of 3 cases passed, 2 failed"), "{out}");
@@ -352,4 +360,12 @@ async fn sigterm_closes_sessions_and_handshakes_with_1012_and_exits_within_the_d
             .await
             .is_err()
     );
+}
+
+/// The whole line of `out` that starts with `prefix` (a case's report line, whose call time
+/// varies).
+fn line_of<'a>(out: &'a str, prefix: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{out}"))
 }

@@ -267,6 +267,35 @@ fn scaffold_builds_and_passes(lang: &str) {
     );
     passes_all(ok, &report, 3);
 
+    // Then into a gateway configuration, as the ten-minute steps say: it loads.
+    let table = std::fs::read_to_string(project.join("config.toml")).unwrap();
+    std::fs::write(
+        project.join("gateway.toml"),
+        format!(
+            "[gateway]\nstate_dir = \"state\"\n\n[[auth.plugins]]\nname = \"{name}\"\npath = {:?}\n[auth.plugins.config]\n{table}",
+            wasm.display().to_string()
+        ),
+    )
+    .unwrap();
+    let cache = parent.path().join("cache");
+    let (ok, out, _) = cli_in(&project, &cache, &["config", "check", "gateway.toml"]);
+    assert!(ok, "{lang}: {out}");
+    if lang == "js" {
+        // The toolchain is pinned by a lockfile that matches the project's package.json.
+        let lock: Value = serde_json::from_str(
+            &std::fs::read_to_string(project.join("package-lock.json")).unwrap(),
+        )
+        .unwrap();
+        let package: Value =
+            serde_json::from_str(&std::fs::read_to_string(project.join("package.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            lock["packages"][""]["devDependencies"],
+            package["devDependencies"]
+        );
+        assert_eq!(lock["name"], package["name"]);
+    }
+
     // The README's test command is the one just run.
     let readme = std::fs::read_to_string(project.join("README.md")).unwrap();
     assert!(

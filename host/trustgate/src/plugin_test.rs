@@ -410,6 +410,7 @@ fn expected(e: &Expect) -> String {
 pub async fn run(plugin: &WasmPlugin, stubs: &Stubs, cases: &Cases) -> (String, bool) {
     let mut report = String::new();
     let mut failed = 0;
+    let mut times = Vec::with_capacity(cases.case.len());
     for c in &cases.case {
         *stubs.current.lock().unwrap_or_else(|p| p.into_inner()) =
             (c.review.clone(), c.jwt.clone());
@@ -422,12 +423,15 @@ pub async fn run(plugin: &WasmPlugin, stubs: &Stubs, cases: &Cases) -> (String, 
             cache: CachePolicy::Use,
             witness: Default::default(),
         };
+        let started = std::time::Instant::now();
         let result = plugin.authenticate(&call).await;
+        let took = started.elapsed();
+        times.push(took);
         if matches(&c.expect, &result, so_far.as_ref()) {
-            let _ = writeln!(report, "ok    {}", c.name);
+            let _ = writeln!(report, "ok    {}  ({})", c.name, micros(took));
         } else {
             failed += 1;
-            let _ = writeln!(report, "FAIL  {}", c.name);
+            let _ = writeln!(report, "FAIL  {}  ({})", c.name, micros(took));
             let _ = writeln!(report, "      - expected: {}", expected(&c.expect));
             let _ = writeln!(
                 report,
@@ -437,9 +441,14 @@ pub async fn run(plugin: &WasmPlugin, stubs: &Stubs, cases: &Cases) -> (String, 
         }
     }
     let total = cases.case.len();
+    times.sort();
+    let median = times
+        .get(times.len() / 2)
+        .map(|t| format!("; median call {}", micros(*t)))
+        .unwrap_or_default();
     let _ = writeln!(
         report,
-        "\n{} of {total} cases passed{}",
+        "\n{} of {total} cases passed{}{median}",
         total - failed,
         if failed > 0 {
             format!(", {failed} failed")
@@ -448,4 +457,9 @@ pub async fn run(plugin: &WasmPlugin, stubs: &Stubs, cases: &Cases) -> (String, 
         }
     );
     (report, failed == 0)
+}
+
+/// A call's time as the report prints it.
+fn micros(d: std::time::Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }

@@ -3,12 +3,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use anyhow::{Context, Result};
 use trustgate_gateway::config::Config;
 use trustgate_gateway::{ExplainInput, ExplainOutcome, explain};
-use trustgate_protocol::{DeviceKey, Role};
+use trustgate_protocol::Role;
 use trustgate_runtime::StepKind;
 
 /// The arguments of `trustgate auth explain`.
@@ -30,6 +28,7 @@ pub(crate) struct ExplainArgs {
     #[arg(long, default_value = "127.0.0.1")]
     remote_addr: IpAddr,
     /// A device key file (as `trustgate worker --device-key` keeps it): the client proves it.
+    /// Created if it does not exist. Operators need one: they sign in with a paired device.
     #[arg(long)]
     device_key: Option<PathBuf>,
     /// Requested scopes.
@@ -46,21 +45,25 @@ enum RoleArg {
     Operator,
 }
 
-fn device(path: &PathBuf) -> Result<(String, String)> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the device key {}", path.display()))?;
-    let raw = URL_SAFE_NO_PAD
-        .decode(text.trim())
-        .map_err(|_| anyhow::anyhow!("{}: not a base64url device key", path.display()))?;
-    let Ok(seed) = <[u8; 32]>::try_from(raw.as_slice()) else {
-        bail!("{}: a device key is 32 bytes", path.display());
-    };
-    let key = DeviceKey::from_seed(seed);
+/// The device a `--device-key` file proves: created if the file does not exist yet (the same
+/// file `trustgate worker --device-key` keeps), so an operator's first explanation needs no
+/// other tool.
+fn device(path: &std::path::Path) -> Result<(String, String)> {
+    let existed = path.exists();
+    let key = crate::worker::load_or_create_key(path)?;
+    if !existed {
+        eprintln!(
+            "created a new device key in {} (device {}); keep it to sign in as this device",
+            path.display(),
+            key.id()
+        );
+    }
     Ok((key.id(), key.public_key()))
 }
 
 /// Runs the explanation and prints it.
 pub(crate) async fn run(args: ExplainArgs) -> Result<()> {
+    let has_device = args.device_key.is_some();
     let mut config = Config::from_file(&args.config)?;
     config.plugins.cache_dir = super::cache::dir(config.plugins.cache_dir.take());
     let token = match &args.token_file {
@@ -88,7 +91,7 @@ pub(crate) async fn run(args: ExplainArgs) -> Result<()> {
         method,
         token,
         device_token: None,
-        device: args.device_key.as_ref().map(device).transpose()?,
+        device: args.device_key.as_deref().map(device).transpose()?,
         remote_addr: SocketAddr::new(args.remote_addr, 40000),
         tls: false,
         client_id: args.client_id,
@@ -144,6 +147,11 @@ pub(crate) async fn run(args: ExplainArgs) -> Result<()> {
                 error.code, error.retryable, error.message
             );
             println!("log:     {cause}");
+            if matches!(reason, "device-required" | "no-credentials") && !has_device {
+                println!(
+                    "hint:    present a device with --device-key FILE (created if missing; the key `trustgate worker --device-key FILE` uses)"
+                );
+            }
         }
         ExplainOutcome::NotPaired { message, cause } => {
             println!("outcome: NOT_PAIRED: {message} (a connect would file a pairing request)");

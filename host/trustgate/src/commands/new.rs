@@ -76,6 +76,9 @@ const JS_SDK: &str = include_str!("../../../../plugins/sdk-js/index.js");
 const JS_UTIL: &str = include_str!("../../../../plugins/sdk-js/util.js");
 const JS_BUILD: &str = include_str!("../../../../plugins/sdk-js/build.mjs");
 const JS_SDK_PACKAGE: &str = include_str!("../../../../plugins/sdk-js/package.json");
+/// The SDK's lockfile: the scaffold's devDependencies are the SDK's, so its lock pins the same
+/// toolchain, with the root package renamed to the project.
+const JS_SDK_LOCK: &str = include_str!("../../../../plugins/sdk-js/package-lock.json");
 
 fn write(dir: &Path, file: &str, text: &str) -> Result<()> {
     let path = dir.join(file);
@@ -117,8 +120,11 @@ pub(crate) fn run(name: &str, lang: Lang, parent: Option<PathBuf>) -> Result<Pat
     }
     let (lang_name, build) = match lang {
         Lang::Rust => ("Rust", "./build.sh"),
-        Lang::Python => ("Python", "pip install -r requirements.txt && ./build.sh"),
-        Lang::Js => ("JavaScript", "npm install && npm run build"),
+        Lang::Python => (
+            "Python",
+            "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && COMPONENTIZE_PY=.venv/bin/componentize-py ./build.sh",
+        ),
+        Lang::Js => ("JavaScript", "npm ci && npm run build"),
     };
     let fill = |t: &str| {
         t.replace("{{name}}", name)
@@ -158,7 +164,9 @@ pub(crate) fn run(name: &str, lang: Lang, parent: Option<PathBuf>) -> Result<Pat
         }
         Lang::Js => {
             write(&dir, "app.js", &fill(JS_APP))?;
-            write(&dir, "package.json", &fill(JS_PACKAGE))?;
+            let package = fill(JS_PACKAGE);
+            write(&dir, "package.json", &package)?;
+            write(&dir, "package-lock.json", &js_lock(&package)?)?;
             write(&dir, "trustgate-plugin/index.js", JS_SDK)?;
             write(&dir, "trustgate-plugin/util.js", JS_UTIL)?;
             write(&dir, "trustgate-plugin/build.mjs", JS_BUILD)?;
@@ -167,4 +175,21 @@ pub(crate) fn run(name: &str, lang: Lang, parent: Option<PathBuf>) -> Result<Pat
         }
     }
     Ok(dir)
+}
+
+/// `package-lock.json` for a scaffolded JavaScript project: the SDK's pinned toolchain under the
+/// project's own root package (`npm ci` checks the root against `package.json`).
+fn js_lock(package: &str) -> Result<String> {
+    let package: serde_json::Value =
+        serde_json::from_str(package).context("the JavaScript template's package.json")?;
+    let mut lock: serde_json::Value =
+        serde_json::from_str(JS_SDK_LOCK).context("the JavaScript SDK's package-lock.json")?;
+    lock["name"] = package["name"].clone();
+    lock["version"] = package["version"].clone();
+    lock["packages"][""] = serde_json::json!({
+        "name": package["name"],
+        "version": package["version"],
+        "devDependencies": package["devDependencies"],
+    });
+    Ok(serde_json::to_string_pretty(&lock)? + "\n")
 }

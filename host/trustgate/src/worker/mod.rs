@@ -114,7 +114,8 @@ pub enum WorkerEvent {
     },
 }
 
-fn load_or_create_key(path: &Path) -> Result<DeviceKey, WorkerError> {
+/// The device key in `path`, created (32 random bytes, base64url) if the file does not exist.
+pub(crate) fn load_or_create_key(path: &Path) -> Result<DeviceKey, WorkerError> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
             let raw = URL_SAFE_NO_PAD.decode(text.trim()).map_err(|_| {

@@ -1454,11 +1454,13 @@ async fn abuse(out: &mut String) {
     writeln!(out, "| honest handshakes | p50 | p99 |\n|---|---|---|").unwrap();
     writeln!(out, "| alone | {} | {} |", ms(c50), ms(c99)).unwrap();
     writeln!(out, "| under abuse | {} | {} |", ms(u50), ms(u99)).unwrap();
-    let ratio = u99.as_secs_f64() / c99.as_secs_f64();
+    // No goal here: the attackers run on the same two cores as the gateway, so the ratio mixes
+    // the gateway's defences with plain CPU contention. BENCHMARKS.md compares it across builds.
     writeln!(
         out,
-        "\n| goal | result | |\n|---|---|---|\n| honest p99 under abuse ≤ 2× alone (the attackers share the 2 cores) | {ratio:.2}× | {} |\n",
-        verdict(ratio <= 2.0)
+        "\nhonest p50 under abuse / alone: {:.2}×; p99: {:.2}×.\n",
+        u50.as_secs_f64() / c50.as_secs_f64(),
+        u99.as_secs_f64() / c99.as_secs_f64()
     )
     .unwrap();
     gw.running.shutdown().await;

@@ -322,6 +322,37 @@ fn a_scaffolded_javascript_plugin_builds_and_passes_its_cases() {
 }
 
 #[test]
+fn a_python_syntax_error_at_build_is_one_line_naming_file_and_line() {
+    let parent = tempfile::tempdir().unwrap();
+    let project = policies::scaffold(Path::new(CLI), "broken", "python", parent.path());
+    let app = project.join("app.py");
+    let source = std::fs::read_to_string(&app).unwrap();
+    let line = source
+        .lines()
+        .position(|l| l.contains("def authenticate"))
+        .expect("an authenticate method")
+        + 1;
+    // A missing colon, the commonest slip.
+    let broken = source.replacen("-> tg.Decision:", "-> tg.Decision", 1);
+    assert_ne!(broken, source);
+    std::fs::write(&app, broken).unwrap();
+    let out = Command::new(project.join("build.sh"))
+        .current_dir(&project)
+        .env("COMPONENTIZE_PY", policies::componentize_py())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line:\n{stderr}");
+    assert!(
+        lines[0].starts_with(&format!("app.py:{line}:")) && lines[0].contains("SyntaxError"),
+        "{stderr}"
+    );
+    assert!(!project.join("broken.wasm").exists());
+}
+
+#[test]
 fn an_exception_in_a_policy_is_reported_at_its_own_file_and_line() {
     // Without TRUSTGATE_LOG: what `plugin test` prints by itself.
     for (wasm, place, message) in [
@@ -346,6 +377,108 @@ fn an_exception_in_a_policy_is_reported_at_its_own_file_and_line() {
         assert!(report.contains(place), "{place} not named:\n{report}");
         assert!(report.contains(message), "{message} not shown:\n{report}");
         assert!(!report.contains("wasm trap"), "{report}");
+    }
+}
+
+/// The exceptions of [`an_exception_in_a_policy_is_reported_at_its_own_file_and_line`]:
+/// (policy, where it raises, what it says).
+fn raising_policies() -> [(PathBuf, &'static str, &'static str); 2] {
+    [
+        (
+            raising_py(),
+            "app.py:17",
+            "AttributeError: 'Request' object has no attribute 'rol'",
+        ),
+        (throwing_js(), "app.js:13", "no rule for role worker"),
+    ]
+}
+
+/// A chain that establishes a worker, then the raising `policy`.
+fn chain_into(policy: &Path) -> String {
+    format!(
+        "{}\n{}",
+        scripted(
+            "authn",
+            r#"decision = "allow", token = "tok-secret-4711", subject = "system:serviceaccount:prod-a:runner", roles = ["worker"], skip_pairing = true"#
+        ),
+        plugin("policy", policy, "limit = 3")
+    )
+}
+
+#[test]
+fn auth_explain_reports_an_exception_at_its_own_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = policies::target_dir().join("policy-builds/compiled");
+    for (wasm, place, message) in raising_policies() {
+        std::fs::write(
+            dir.path().join("gateway.toml"),
+            format!("[gateway]\nstate_dir = \"state\"\n{}", chain_into(&wasm)),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("token"), "tok-secret-4711").unwrap();
+        let (_, out, _) = cli_in(
+            dir.path(),
+            &cache,
+            &[
+                "auth",
+                "explain",
+                "--config",
+                "gateway.toml",
+                "--role",
+                "worker",
+                "--method",
+                "test",
+                "--token-file",
+                "token",
+            ],
+        );
+        assert!(out.contains(place), "{place} not named:\n{out}");
+        assert!(!out.contains("tok-secret-4711"), "{out}");
+        assert!(out.contains(message), "{message} not shown:\n{out}");
+        assert!(!out.contains("wasm trap"), "{out}");
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_logs_and_audits_an_exception_at_its_own_file_and_line() {
+    let logs = trustgate_tests::LogCapture::default();
+    let _guard = logs.install();
+    for (wasm, place, message) in raising_policies() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = dir.path().join("audit.jsonl");
+        let gw = gateway(
+            &format!(
+                "{}[audit]\noutput = {:?}\n",
+                plugin_cache(),
+                audit.display().to_string()
+            ),
+            &chain_into(&wasm),
+        )
+        .await;
+        let mut c = WsClient::open(&gw.url()).await;
+        let res = c
+            .connect(connect_params(
+                "worker",
+                Some(json!({"method": "sa", "token": "tok-secret-4711"})),
+                None,
+            ))
+            .await;
+        assert_eq!(res["ok"], false, "{res}");
+        // The peer learns that a plugin failed, never where or why.
+        assert!(!res.to_string().contains(place), "{res}");
+
+        let text = std::fs::read_to_string(&audit).unwrap();
+        let record: Value = serde_json::from_str(text.lines().next().expect("a record")).unwrap();
+        let step = &record["trace"][1];
+        assert_eq!(step["plugin"], "policy", "{record}");
+        let step_text = step.to_string();
+        assert!(step_text.contains(place), "{place} not in the trace: {record}");
+        assert!(step_text.contains(message), "{message} not in the trace: {record}");
+        assert!(!text.contains("tok-secret-4711"), "{text}");
+
+        let log = logs.text();
+        assert!(log.contains(place) && log.contains(message), "{log}");
+        assert!(!log.contains("tok-secret-4711"), "{log}");
     }
 }
 

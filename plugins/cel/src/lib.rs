@@ -853,6 +853,25 @@ mod tests {
     }
 
     #[test]
+    fn has_and_in_test_presence_when_evaluated() {
+        use trustgate_plugin_sdk::testing;
+        let env = Arc::new(environment().unwrap());
+        let request = testing::request("worker", "k8s-sa-trust", "10.1.2.3:4000", true);
+        let with = testing::identity("s", &[], &[("pod-name", "p-0"), ("team", "a")]);
+        let without = testing::identity("s", &[], &[("namespace", "dev")]);
+        for (rule, present, absent) in [
+            (r#""pod-name" in identity.attributes"#, true, false),
+            ("has(identity.attributes.team)", true, false),
+            (r#"!("pod-name" in identity.attributes)"#, false, true),
+        ] {
+            let program = env.compile(rule).unwrap();
+            let node = fast::compile(&program).unwrap().expect("compiles");
+            assert_eq!(fast::eval(&node, &request, Some(&with)), Ok(present), "{rule}");
+            assert_eq!(fast::eval(&node, &request, Some(&without)), Ok(absent), "{rule}");
+        }
+    }
+
+    #[test]
     fn environment_declares_every_function_the_check_accepts() {
         let env = environment().unwrap();
         for (name, receiver) in check::FUNCTIONS {

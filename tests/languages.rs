@@ -472,8 +472,14 @@ async fn the_gateway_logs_and_audits_an_exception_at_its_own_file_and_line() {
         let step = &record["trace"][1];
         assert_eq!(step["plugin"], "policy", "{record}");
         let step_text = step.to_string();
-        assert!(step_text.contains(place), "{place} not in the trace: {record}");
-        assert!(step_text.contains(message), "{message} not in the trace: {record}");
+        assert!(
+            step_text.contains(place),
+            "{place} not in the trace: {record}"
+        );
+        assert!(
+            step_text.contains(message),
+            "{message} not in the trace: {record}"
+        );
         assert!(!text.contains("tok-secret-4711"), "{text}");
 
         let log = logs.text();

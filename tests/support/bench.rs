@@ -392,6 +392,34 @@ pub struct HandshakeReport {
     pub p50: Duration,
     /// 99th percentile latency.
     pub p99: Duration,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Every handshake's latency, sorted.
+    pub latencies: Vec<Duration>,
+}
+
+impl HandshakeReport {
+    fn from_run(mut latencies: Vec<Duration>, elapsed: Duration) -> Self {
+        latencies.sort();
+        let n = latencies.len();
+        Self {
+            handshakes: n as u64,
+            per_second: n as f64 / elapsed.as_secs_f64(),
+            p50: latencies[n / 2],
+            p99: latencies[(n * 99 / 100).min(n - 1)],
+            elapsed,
+            latencies,
+        }
+    }
+
+    /// Several runs as one: handshakes over their summed wall time, quantiles of all.
+    pub fn merge(runs: &[HandshakeReport]) -> Self {
+        let latencies = runs
+            .iter()
+            .flat_map(|r| r.latencies.iter().copied())
+            .collect();
+        Self::from_run(latencies, runs.iter().map(|r| r.elapsed).sum())
+    }
 }
 
 /// `clients` concurrent clients doing connect → hello-ok → close until `total` handshakes.
@@ -438,14 +466,7 @@ pub async fn handshakes_with(
     for h in handles {
         all.extend(h.await.expect("client"));
     }
-    let elapsed = started.elapsed();
-    all.sort();
-    HandshakeReport {
-        handshakes: all.len() as u64,
-        per_second: all.len() as f64 / elapsed.as_secs_f64(),
-        p50: all[all.len() / 2],
-        p99: all[(all.len() * 99 / 100).min(all.len() - 1)],
-    }
+    HandshakeReport::from_run(all, started.elapsed())
 }
 
 /// Join-storm result.

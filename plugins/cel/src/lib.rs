@@ -866,8 +866,16 @@ mod tests {
         ] {
             let program = env.compile(rule).unwrap();
             let node = fast::compile(&program).unwrap().expect("compiles");
-            assert_eq!(fast::eval(&node, &request, Some(&with)), Ok(present), "{rule}");
-            assert_eq!(fast::eval(&node, &request, Some(&without)), Ok(absent), "{rule}");
+            assert_eq!(
+                fast::eval(&node, &request, Some(&with)),
+                Ok(present),
+                "{rule}"
+            );
+            assert_eq!(
+                fast::eval(&node, &request, Some(&without)),
+                Ok(absent),
+                "{rule}"
+            );
         }
     }
 

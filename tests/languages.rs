@@ -380,6 +380,18 @@ fn an_exception_in_a_policy_is_reported_at_its_own_file_and_line() {
     }
 }
 
+/// `auth explain` of a worker by method `test` against `gateway.toml`.
+const EXPLAIN_WORKER: [&str; 8] = [
+    "auth",
+    "explain",
+    "--config",
+    "gateway.toml",
+    "--role",
+    "worker",
+    "--method",
+    "test",
+];
+
 /// The exceptions of [`an_exception_in_a_policy_is_reported_at_its_own_file_and_line`]:
 /// (policy, where it raises, what it says).
 fn raising_policies() -> [(PathBuf, &'static str, &'static str); 2] {
@@ -419,18 +431,7 @@ fn auth_explain_reports_an_exception_at_its_own_file_and_line() {
         let (_, out, _) = cli_in(
             dir.path(),
             &cache,
-            &[
-                "auth",
-                "explain",
-                "--config",
-                "gateway.toml",
-                "--role",
-                "worker",
-                "--method",
-                "test",
-                "--token-file",
-                "token",
-            ],
+            &[&EXPLAIN_WORKER[..], &["--token-file", "token"]].concat(),
         );
         assert!(out.contains(place), "{place} not named:\n{out}");
         assert!(!out.contains("tok-secret-4711"), "{out}");
@@ -543,17 +544,7 @@ fn a_second_config_check_and_auth_explain_reuse_the_compiled_policy() {
     );
     std::fs::write(dir.path().join("gateway.toml"), config).unwrap();
     let check = ["config", "check", "gateway.toml"];
-    let explain = [
-        "auth",
-        "explain",
-        "--config",
-        "gateway.toml",
-        "--role",
-        "worker",
-        "--method",
-        "test",
-    ];
-    for args in [&check[..], &explain[..]] {
+    for args in [&check[..], &EXPLAIN_WORKER[..]] {
         let (ok, out, _) = cli_in(dir.path(), &cache, args);
         assert!(ok, "{args:?}: {out}");
         // The first run compiled into the shared cache; the second loads from it. (A wide

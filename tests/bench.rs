@@ -714,7 +714,11 @@ async fn profile_decision(secs: u64) {
     let cluster = Cluster::start().await;
     let kube = cluster.kube().await;
     let request = bench::worker_request(&cluster.token());
-    let (wasm, _rt) = bench::wasm_chain(kube, "tokenreview").await;
+    // `CONTRACT=0.2` (or `0.1`): the same plugin sources built against an earlier contract.
+    let (wasm, _rt) = match std::env::var("CONTRACT").ok().as_deref() {
+        None | Some("0.3") => bench::wasm_chain(kube, "tokenreview").await,
+        Some(version) => bench::wasm_chain_legacy(kube, "tokenreview", version).await,
+    };
     let only_k8s = std::env::var_os("ONLY_K8S").is_some();
     let wasm = if only_k8s {
         trustgate_runtime::Chain::new(vec![wasm.providers()[0].clone()])
@@ -1086,7 +1090,8 @@ fn main() {
         return;
     }
     if args.first().map(String::as_str) == Some("profile-decision") {
-        // For `perf record`: the contract-0.2 chain, one thread, for the given seconds.
+        // For `perf record`: the two-plugin chain (contract 0.3, or `CONTRACT=0.2`/`0.1`), one
+        // thread, for the given seconds.
         let secs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
         rt.block_on(profile_decision(secs));
         return;

@@ -75,10 +75,15 @@ fn plugin(name: &str, path: &Path, config: &str) -> String {
 }
 
 async fn connect_worker(gw: &TestGateway, method: &str) -> Value {
+    connect_worker_with(gw, method, "t").await
+}
+
+/// [`connect_worker`] presenting `token`.
+async fn connect_worker_with(gw: &TestGateway, method: &str, token: &str) -> Value {
     let mut c = WsClient::open(&gw.url()).await;
     c.connect(connect_params(
         "worker",
-        Some(json!({"method": method, "token": "t"})),
+        Some(json!({"method": method, "token": token})),
         None,
     ))
     .await
@@ -456,14 +461,7 @@ async fn the_gateway_logs_and_audits_an_exception_at_its_own_file_and_line() {
             &chain_into(&wasm),
         )
         .await;
-        let mut c = WsClient::open(&gw.url()).await;
-        let res = c
-            .connect(connect_params(
-                "worker",
-                Some(json!({"method": "sa", "token": "tok-secret-4711"})),
-                None,
-            ))
-            .await;
+        let res = connect_worker_with(&gw, "sa", "tok-secret-4711").await;
         assert_eq!(res["ok"], false, "{res}");
         // The peer learns that a plugin failed, never where or why.
         assert!(!res.to_string().contains(place), "{res}");
